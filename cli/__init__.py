@@ -1,0 +1,1 @@
+"""cli: the Typer app, one module per command, thin over hashae and index."""
