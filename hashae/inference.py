@@ -1,0 +1,138 @@
+"""Run a trained encoder with numpy alone: no torch import on the query path (torch takes ~2 s to import).
+
+Indexing and querying both encode through this module, so an item queried with its own file gets
+exactly the code it was indexed with (distance 0).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hashae.codes import pack_bits
+from hashae.errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+FORMAT_VERSION = 1
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    """The parsed config.json of a checkpoint folder, checked for the fields every loader needs."""
+    path = Path(directory) / CONFIG_FILE
+    if not Path(directory).is_dir():
+        raise CheckpointError(f"{directory}: no checkpoint folder there")
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(document, dict) or not {"format_version", "kind", "config", "inference"} <= set(document):
+        raise CheckpointError(f"{path}: not a hashae checkpoint config (fields missing)")
+    if document["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {document['format_version']!r}, this hashae reads {FORMAT_VERSION}")
+    return document
+
+
+def load_weights(directory: Path) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint as numpy arrays (safetensors: a header and raw bytes, no pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(directory) / WEIGHTS_FILE
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({error})") from None
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
+
+
+ACTIVATIONS = {"identity": lambda z: z, "sigmoid": _sigmoid, "relu": lambda z: np.maximum(z, 0)}
+
+
+class InferenceEncoder:
+    """A checkpoint's encoder as numpy: embeddings (float32) and packed codes (uint8) for raw inputs."""
+
+    def __init__(self, document: dict[str, Any], weights: dict[str, np.ndarray]) -> None:
+        self.kind: str = document["kind"]
+        self.config: dict[str, Any] = document["config"]
+        self.info: dict[str, Any] = document.get("info", {})
+        spec = document["inference"]
+        self.layers = spec["encoder"]
+        self.code_size = int(spec["code_size"])
+        self.embedding_activation = ACTIVATIONS[spec["embedding_activation"]]
+        self.bits_activation = ACTIVATIONS[spec["bits_activation"]]
+        try:
+            self.input_mean = weights["input_mean"]
+            self.input_scale = weights["input_scale"]
+            self.bit_threshold = weights["bit_threshold"]
+            self.params = {i: (weights.get(f"encoder.{i}.weight"), weights.get(f"encoder.{i}.bias")) for i in range(len(self.layers))}
+        except KeyError as error:
+            raise CheckpointError(f"weights lack tensor {error}") from None
+
+    @classmethod
+    def load(cls, directory: Path) -> InferenceEncoder:
+        """Load a checkpoint folder written by hashae.checkpoint.save."""
+        return cls(read_config(directory), load_weights(directory))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.config["input_shape"])
+
+    def pre_activation(self, x: np.ndarray) -> np.ndarray:
+        """Encoder output for the code units (n, code_size), from raw inputs (n, *input_shape)."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape[1:] != self.input_shape:
+            raise CheckpointError(f"inputs of shape {x.shape[1:]} do not fit this model's input shape {self.input_shape}")
+        h = (x - self.input_mean) / self.input_scale
+        if self.layers and self.layers[0]["op"] == "linear":
+            h = h.reshape(len(h), -1)
+        for i, layer in enumerate(self.layers):
+            h = self._apply(i, layer, h)
+        return h[:, : self.code_size]
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """Continuous codes (n, code_size) float32: the VAE mean or the activated code layer."""
+        return np.ascontiguousarray(self.embedding_activation(self.pre_activation(x)), dtype=np.float32)
+
+    def codes(self, x: np.ndarray) -> np.ndarray:
+        """Packed binary codes (n, code_size // 8) uint8."""
+        return pack_bits(self.bits_activation(self.pre_activation(x)) > self.bit_threshold)
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both codes and embeddings from one pass of the encoder."""
+        z = self.pre_activation(x)
+        codes = pack_bits(self.bits_activation(z) > self.bit_threshold)
+        return codes, np.ascontiguousarray(self.embedding_activation(z), dtype=np.float32)
+
+    def _apply(self, index: int, layer: dict[str, Any], h: np.ndarray) -> np.ndarray:
+        op = layer["op"]
+        weight, bias = self.params[index]
+        if op == "linear":
+            return h @ weight.T + bias
+        if op == "conv":
+            return conv2d(h, weight, bias, stride=layer["stride"], padding=layer["padding"])
+        if op == "relu":
+            return np.maximum(h, 0)
+        if op == "sigmoid":
+            return _sigmoid(h)
+        if op == "flatten":
+            return h.reshape(len(h), -1)
+        raise CheckpointError(f"layer op {op!r} cannot run in an encoder")
+
+
+def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, *, stride: int, padding: int) -> np.ndarray:
+    """2-D convolution as torch.nn.Conv2d computes it. x (n, c, h, w), weight (out, c, k, k)."""
+    k = weight.shape[-1]
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    # windows: (n, c, h_out, w_out, k, k) -> (n, h_out, w_out, out)
+    out = np.tensordot(windows, weight, axes=([1, 4, 5], [1, 2, 3]))
+    return np.ascontiguousarray((out + bias).transpose(0, 3, 1, 2))

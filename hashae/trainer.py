@@ -1,0 +1,175 @@
+"""The one trainer. It reads only `Output.loss` and logs `Output.terms`; it knows no variant by name."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from hashae.errors import ConfigError, TrainingError
+from hashae.progress import progress_bar
+from hashae.variants import Autoencoder
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings.
+
+    schedule: onecycle (warm up then anneal, peak lr) | cosine | constant.
+    patience: stop after this many epochs without a better held-out loss and restore the best
+    weights (0 = train every epoch, keep the last).
+    """
+
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 2e-3
+    optimizer: str = "adam"
+    schedule: str = "onecycle"
+    weight_decay: float = 0.0
+    val_fraction: float = 0.05
+    patience: int = 0
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs, batch_size and lr must be positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in ("onecycle", "cosine", "constant"):
+            raise ConfigError(f"unknown schedule {self.schedule!r}; known: onecycle, cosine, constant")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError("val_fraction must be in [0, 1)")
+
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay),
+}
+
+
+@dataclass
+class History:
+    """Mean loss terms per epoch (train, and `val_loss` on the held-out split when there is one)."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.epochs[self.best_epoch] if self.epochs else {}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def train(
+    model: Autoencoder,
+    x: np.ndarray,
+    config: TrainConfig = TrainConfig(),
+    *,
+    show_progress: bool = True,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> History:
+    """Train `model` on x (n, *input_shape) float32; returns the history. Raises TrainingError on NaN."""
+    if len(x) < 2:
+        raise TrainingError(f"need at least 2 training items, got {len(x)}")
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    model.to(device)
+    train_x, val_x = _split(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), config)
+    optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = _scheduler(optimizer, config, total_steps)
+    history, best_loss, best_state, started = History(), math.inf, None, time.perf_counter()
+    with progress_bar("training", total=total_steps, enabled=show_progress) as bar:
+        for epoch in range(config.epochs):
+            model.train()
+            sums: dict[str, float] = {}
+            order = torch.randperm(len(train_x))
+            for step in range(steps_per_epoch):
+                batch = train_x[order[step * config.batch_size : (step + 1) * config.batch_size]].to(device)
+                out = model(batch, progress=(epoch * steps_per_epoch + step) / total_steps)
+                _check_finite(out.loss, out.terms, epoch, step)
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                optimizer.step()
+                scheduler.step()
+                _accumulate(sums, out, len(batch))
+                bar.advance(", ".join(f"{k} {v.item():.3g}" for k, v in out.terms.items()))
+            record = {k: v / len(train_x) for k, v in sums.items()}
+            if len(val_x):
+                record["val_loss"] = evaluate(model, val_x, device=device)
+            history.epochs.append(record)
+            if on_epoch:
+                on_epoch(epoch, record)
+            score = record.get("val_loss", record["loss"])
+            if score < best_loss:
+                best_loss, history.best_epoch = score, epoch
+                if config.patience:
+                    best_state = copy.deepcopy(model.state_dict())
+            elif config.patience and epoch - history.best_epoch >= config.patience:
+                history.stopped_early = True
+                break
+    if config.patience and best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        history.best_epoch = len(history.epochs) - 1
+    model.eval()
+    history.seconds = time.perf_counter() - started
+    return history
+
+
+@torch.no_grad()
+def evaluate(model: Autoencoder, x: torch.Tensor, *, device: torch.device, batch_size: int = 1024) -> float:
+    """Mean total loss of x in evaluation mode (no corruption, no noise)."""
+    model.eval()
+    total = 0.0
+    for chunk in x.split(batch_size):
+        total += model(chunk.to(device)).loss.item() * len(chunk)
+    return total / len(x)
+
+
+def _split(x: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    n_val = int(len(x) * config.val_fraction)
+    if n_val == 0:
+        return x, x[:0]
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed))
+    return x[order[n_val:]], x[order[:n_val]]
+
+
+def _scheduler(optimizer, config: TrainConfig, total_steps: int):
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def _check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], epoch: int, step: int) -> None:
+    if not torch.isfinite(loss):
+        parts = ", ".join(f"{k}={v.item():.3g}" for k, v in terms.items())
+        raise TrainingError(
+            f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} ({parts}); "
+            "lower the learning rate (--lr) or check the input data"
+        )
+
+
+def _accumulate(sums: dict[str, float], out, n: int) -> None:
+    sums["loss"] = sums.get("loss", 0.0) + out.loss.item() * n
+    for name, value in out.terms.items():
+        sums[name] = sums.get(name, 0.0) + value.item() * n
