@@ -56,10 +56,12 @@ def load(directory: Path, *, device: str = "cpu") -> Autoencoder:
     document = read_config(directory)
     try:
         config_class, _ = lookup(document["kind"])
+        if not isinstance(document["config"], dict):
+            raise ConfigError("the config field is not a JSON object")
         config = config_class.from_dict(document["config"])
-    except (ConfigError, TypeError, KeyError) as error:
+        model = create(config)  # a config of the wrong types or shapes fails here, not at use
+    except (ConfigError, TypeError, KeyError, ValueError) as error:
         raise CheckpointError(f"{directory / CONFIG_FILE}: {error}") from None
-    model = create(config)
     weights_path = directory / WEIGHTS_FILE
     try:
         state = load_file(str(weights_path), device=device)

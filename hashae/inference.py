@@ -55,32 +55,48 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 ACTIVATIONS = {"identity": lambda z: z, "sigmoid": _sigmoid, "relu": lambda z: np.maximum(z, 0)}
+ENCODER_OPS = {"linear", "conv", "relu", "sigmoid", "flatten"}  # what _apply can run
 
 
 class InferenceEncoder:
     """A checkpoint's encoder as numpy: embeddings (float32) and packed codes (uint8) for raw inputs."""
 
-    def __init__(self, document: dict[str, Any], weights: dict[str, np.ndarray]) -> None:
+    def __init__(self, document: dict[str, Any], weights: dict[str, np.ndarray], *, source: Path | None = None) -> None:
+        """document: a parsed config.json; weights: its tensors; source: the folder, named in errors.
+        Everything the encoder will need is checked here, so a tampered checkpoint fails at load."""
+        config_file = Path(source) / CONFIG_FILE if source is not None else Path(CONFIG_FILE)
+        weights_file = Path(source) / WEIGHTS_FILE if source is not None else Path(WEIGHTS_FILE)
         self.kind: str = document["kind"]
         self.config: dict[str, Any] = document["config"]
         self.info: dict[str, Any] = document.get("info", {})
-        spec = document["inference"]
-        self.layers = spec["encoder"]
-        self.code_size = int(spec["code_size"])
-        self.embedding_activation = ACTIVATIONS[spec["embedding_activation"]]
-        self.bits_activation = ACTIVATIONS[spec["bits_activation"]]
+        try:
+            spec = document["inference"]
+            self.layers = list(spec["encoder"])
+            self.code_size = int(spec["code_size"])
+            self.embedding_activation = ACTIVATIONS[spec["embedding_activation"]]
+            self.bits_activation = ACTIVATIONS[spec["bits_activation"]]
+            unknown = sorted({str(layer["op"]) for layer in self.layers} - ENCODER_OPS)
+            tuple(self.config["input_shape"])  # the config must say what inputs the encoder takes
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise CheckpointError(f"{config_file}: invalid inference spec ({type(error).__name__}: {error})") from None
+        if unknown:
+            raise CheckpointError(f"{config_file}: encoder layer ops {unknown} cannot run in an encoder")
         try:
             self.input_mean = weights["input_mean"]
             self.input_scale = weights["input_scale"]
             self.bit_threshold = weights["bit_threshold"]
-            self.params = {i: (weights.get(f"encoder.{i}.weight"), weights.get(f"encoder.{i}.bias")) for i in range(len(self.layers))}
+            self.params = {
+                i: (weights[f"encoder.{i}.weight"], weights[f"encoder.{i}.bias"])
+                for i, layer in enumerate(self.layers)
+                if layer["op"] in ("linear", "conv")
+            }
         except KeyError as error:
-            raise CheckpointError(f"weights lack tensor {error}") from None
+            raise CheckpointError(f"{weights_file}: lacks tensor {error}") from None
 
     @classmethod
     def load(cls, directory: Path) -> InferenceEncoder:
         """Load a checkpoint folder written by hashae.checkpoint.save."""
-        return cls(read_config(directory), load_weights(directory))
+        return cls(read_config(directory), load_weights(directory), source=Path(directory))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -114,7 +130,7 @@ class InferenceEncoder:
 
     def _apply(self, index: int, layer: dict[str, Any], h: np.ndarray) -> np.ndarray:
         op = layer["op"]
-        weight, bias = self.params[index]
+        weight, bias = self.params.get(index, (None, None))
         if op == "linear":
             return h @ weight.T + bias
         if op == "conv":

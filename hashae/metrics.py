@@ -244,7 +244,9 @@ class PrecisionRecallCurve:
     empty_share: np.ndarray
 
 
-def _cumulative_ball_counts(dists: np.ndarray, same_class: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
+def _cumulative_ball_counts(
+    dists: np.ndarray, same_class: np.ndarray, nbits: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Items and relevant items within each radius 0..nbits, per query: two (nq, nbits + 1) int64 arrays."""
     n_queries, width = dists.shape[0], nbits + 1
     flat = (dists + (np.arange(n_queries) * width)[:, None]).ravel()
@@ -259,8 +261,13 @@ def _ball_precisions(retrieved: np.ndarray, hits: np.ndarray) -> np.ndarray:
 
 
 def _all_ball_counts(
-    query_codes: np.ndarray, db_codes: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray, chunk_size
+    query_codes: np.ndarray,
+    db_codes: np.ndarray,
+    query_labels: np.ndarray,
+    db_labels: np.ndarray,
+    chunk_size: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative ball counts (retrieved, hits), each (nq, nbits + 1), over every query."""
     query_codes, db_codes = _check_code_pair(query_codes, db_codes)
     query_labels = _check_labels(query_labels, len(query_codes), "query")
     db_labels = _check_labels(db_labels, len(db_codes), "database")
@@ -340,14 +347,17 @@ def recall_at(
     candidates = np.asarray(candidate_true_dists, dtype=np.float64)
     if kth.ndim != 1 or candidates.ndim != 2 or candidates.shape[0] != kth.shape[0]:
         raise DataError(
-            f"expected true_kth_dist (nq,) and candidate_true_dists (nq, m), got {kth.shape} and {candidates.shape}"
+            "expected true_kth_dist (nq,) and candidate_true_dists (nq, m), "
+            f"got {kth.shape} and {candidates.shape}"
         )
     k = _check_depth("k", k)
     found = (candidates <= kth[:, None] + tolerance).sum(axis=1)
     return float(np.minimum(found, k).mean() / k)
 
 
-def true_distances(query_x: np.ndarray, db_x: np.ndarray, ids: np.ndarray, *, chunk_size: int | None = None) -> np.ndarray:
+def true_distances(
+    query_x: np.ndarray, db_x: np.ndarray, ids: np.ndarray, *, chunk_size: int | None = None
+) -> np.ndarray:
     """Exact Euclidean distances (nq, m) float64 from each query to the database items ids (nq, m).
 
     Computed directly from differences in float64; id -1 (missing) gives inf.
@@ -361,7 +371,8 @@ def true_distances(query_x: np.ndarray, db_x: np.ndarray, ids: np.ndarray, *, ch
     for rows in _query_chunks(len(query_x), bytes_per_query, chunk_size):
         chunk_ids = ids[rows]
         present = chunk_ids >= 0
-        diffs = db_x[np.where(present, chunk_ids, 0)].astype(np.float64) - query_x[rows, None, :].astype(np.float64)
+        items = db_x[np.where(present, chunk_ids, 0)].astype(np.float64)  # (chunk, m, d)
+        diffs = items - query_x[rows, None, :].astype(np.float64)
         dists[rows] = np.where(present, np.sqrt(np.einsum("qmd,qmd->qm", diffs, diffs)), np.inf)
     return dists
 
@@ -416,7 +427,14 @@ def _recalls(truth: NeighbourTruth | None, top_ids: np.ndarray) -> tuple[float |
     return truth.recall(top_ids[:, :RECALL_K]), truth.recall(top_ids[:, :RECALL_DEPTH])
 
 
-def _report(ap_at_depth, ap_all, p_at_r2, empty_share, truth, top_ids) -> dict[str, float | None]:
+def _report(
+    ap_at_depth: np.ndarray,
+    ap_all: np.ndarray,
+    p_at_r2: float | None,
+    empty_share: float | None,
+    truth: NeighbourTruth | None,
+    top_ids: np.ndarray,
+) -> dict[str, float | None]:
     recall_at_10, r10_at_100 = _recalls(truth, top_ids)
     return {
         "map_at_1000": float(ap_at_depth.mean()),

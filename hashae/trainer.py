@@ -83,14 +83,22 @@ def train(
     *,
     show_progress: bool = True,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    pairs: np.ndarray | None = None,
 ) -> History:
-    """Train `model` on x (n, *input_shape) float32; returns the history. Raises TrainingError on NaN."""
+    """Train `model` on x (n, *input_shape) float32; returns the history. Raises TrainingError on NaN.
+
+    pairs: optional (n, k) int array, row i the indices in x of k neighbours of item i (found without
+    labels, e.g. hashae.neighbours.nearest). Each step then also passes the model, as `paired`, one
+    neighbour drawn at random per batch item; models that have no use for it ignore it."""
     if len(x) < 2:
         raise TrainingError(f"need at least 2 training items, got {len(x)}")
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     model.to(device)
-    train_x, val_x = _split(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), config)
+    all_x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    train_ids, val_ids = _split_ids(len(all_x), config)
+    train_x, val_x = all_x[train_ids], all_x[val_ids]
+    pair_table = _check_pairs(pairs, len(all_x))
     optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -102,8 +110,15 @@ def train(
             sums: dict[str, float] = {}
             order = torch.randperm(len(train_x))
             for step in range(steps_per_epoch):
-                batch = train_x[order[step * config.batch_size : (step + 1) * config.batch_size]].to(device)
-                out = model(batch, progress=(epoch * steps_per_epoch + step) / total_steps)
+                rows = order[step * config.batch_size : (step + 1) * config.batch_size]
+                batch = train_x[rows].to(device)
+                progress = (epoch * steps_per_epoch + step) / total_steps
+                if pair_table is None:
+                    out = model(batch, progress=progress)
+                else:
+                    own = pair_table[train_ids[rows]]  # (B, k) neighbour ids in x
+                    pick = own[torch.arange(len(rows)), torch.randint(own.shape[1], (len(rows),))]
+                    out = model(batch, progress=progress, paired=all_x[pick].to(device))
                 _check_finite(out.loss, out.terms, epoch, step)
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
@@ -145,11 +160,29 @@ def evaluate(model: Autoencoder, x: torch.Tensor, *, device: torch.device, batch
 
 
 def _split(x: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    n_val = int(len(x) * config.val_fraction)
+    train_ids, val_ids = _split_ids(len(x), config)
+    return x[train_ids], x[val_ids]
+
+
+def _split_ids(n: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, held-out indices) of n items: the same seeded split as ever."""
+    n_val = int(n * config.val_fraction)
     if n_val == 0:
-        return x, x[:0]
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed))
-    return x[order[n_val:]], x[order[:n_val]]
+        return torch.arange(n), torch.arange(0)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+    return order[n_val:], order[:n_val]
+
+
+def _check_pairs(pairs: np.ndarray | None, n: int) -> torch.Tensor | None:
+    """The neighbour table as an int64 tensor, checked against the n training items."""
+    if pairs is None:
+        return None
+    pairs = np.asarray(pairs)
+    if pairs.ndim != 2 or pairs.shape[0] != n or pairs.shape[1] < 1 or pairs.dtype.kind not in "iu":
+        raise ConfigError(f"pairs must be an integer array (n={n}, k>=1), got {pairs.dtype} {pairs.shape}")
+    if pairs.min() < 0 or pairs.max() >= n:
+        raise ConfigError(f"pairs hold indices outside [0, {n})")
+    return torch.from_numpy(pairs.astype(np.int64))
 
 
 def _scheduler(optimizer, config: TrainConfig, total_steps: int):

@@ -171,7 +171,13 @@ class HashingConfig(AEConfig):
 
     balance: weight of sum_j (mean_batch sigmoid(z_j) - 0.5)^2 (each bit on for half the items);
     decorrelation: weight of the mean squared off-diagonal correlation between code units;
-    sparsity: weight of an L1 term on the code (the sparse-autoencoder view).
+    sparsity: weight of an L1 term on the code (the sparse-autoencoder view);
+    consistency: weight of the neighbourhood-consistency term, used when training is given
+    label-free neighbour pairs: "pull" = mean_i sum_j (tanh(z_ij/2) - tanh(z'_ij/2))^2 between an
+    item and its neighbour; "infonce" = contrastive loss with in-batch negatives on tanh(z/2) codes
+    (cosine / temperature);
+    hard_phase: share of training at the end where the decoder sees the hard 0/1 code
+    (straight-through gradient of the sigmoid).
     """
 
     code_size: int = 32
@@ -180,6 +186,10 @@ class HashingConfig(AEConfig):
     balance: float = 1000.0
     decorrelation: float = 0.0
     sparsity: float = 0.0
+    consistency: float = 0.0
+    consistency_kind: str = "pull"
+    temperature: float = 0.2
+    hard_phase: float = 0.0
     corruption: Corruption = field(default_factory=lambda: Corruption("mask", 0.2))
     kind: ClassVar[str] = "hashing"
 
@@ -189,6 +199,10 @@ class HashingConfig(AEConfig):
             raise ConfigError(f"hashing codes need a multiple of 8 bits, got {self.code_size}")
         if not 0 < self.noise_ramp <= 1 or self.noise_max < 0:
             raise ConfigError("noise_ramp must be in (0, 1] and noise_max >= 0")
+        if self.consistency_kind not in ("pull", "infonce"):
+            raise ConfigError(f"unknown consistency_kind {self.consistency_kind!r}; known: pull, infonce")
+        if self.consistency < 0 or self.temperature <= 0 or not 0 <= self.hard_phase < 1:
+            raise ConfigError("consistency must be >= 0, temperature > 0 and hard_phase in [0, 1)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,15 +322,31 @@ class Autoencoder(nn.Module):
         """Decoder output in normalised input space (logits for BCE), shaped like the input."""
         return self.decoder(h).reshape(h.shape[0], *self.config.input_shape)
 
-    def forward(self, x: torch.Tensor, *, progress: float = 1.0) -> Output:
-        """x: (B, *input_shape) raw inputs; progress in [0, 1]: share of training done."""
+    def forward(self, x: torch.Tensor, *, progress: float = 1.0, paired: torch.Tensor | None = None) -> Output:
+        """x: (B, *input_shape) raw inputs; progress in [0, 1]: share of training done.
+
+        paired: optional (B, *input_shape) positives, paired[i] a neighbour of x[i] (found without
+        labels). Variants whose `uses_pairs` is false ignore it; the others add `pair_penalties`."""
         x_clean = self.normalise(x)
         x_in = self.config.corruption.apply(x_clean) if self.training else x_clean
         z = self.encode_pre(x_in)  # (B, out)
         h = self.latent(z, progress)  # (B, code_size)
         logits = self.decode_logits(h)  # (B, *input_shape)
         terms = {"reconstruction": self.reconstruction_loss(logits, x_clean), **self.penalties(x_in, z, h)}
+        if paired is not None and self.uses_pairs:
+            paired_clean = self.normalise(paired)
+            paired_in = self.config.corruption.apply(paired_clean) if self.training else paired_clean
+            terms.update(self.pair_penalties(z, self.encode_pre(paired_in), progress))
         return Output(loss=sum(terms.values()), terms=terms, code=h, reconstruction=logits)
+
+    @property
+    def uses_pairs(self) -> bool:
+        """Whether forward makes use of a paired batch of neighbours (else it is never encoded)."""
+        return False
+
+    def pair_penalties(self, z: torch.Tensor, z_pair: torch.Tensor, progress: float) -> dict[str, torch.Tensor]:
+        """Extra weighted loss terms tying the encoder outputs of items and their neighbours."""
+        return {}
 
     def reconstruction_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-item sum over input features, mean over the batch (the ELBO scale)."""
@@ -493,7 +523,24 @@ class HashingAutoencoder(Autoencoder):
     def latent(self, z, progress):
         if not self.training:
             return (z > 0).to(z.dtype)  # the decoder sees the hard code at inference
-        return torch.sigmoid(z + self.noise_std(progress) * torch.randn_like(z))
+        soft = torch.sigmoid(z + self.noise_std(progress) * torch.randn_like(z))
+        if progress >= 1.0 - self.config.hard_phase:
+            return soft + ((z > 0).to(z.dtype) - soft).detach()  # hard code, straight-through gradient
+        return soft
+
+    @property
+    def uses_pairs(self) -> bool:
+        return self.config.consistency > 0
+
+    def pair_penalties(self, z, z_pair, progress):
+        c = self.config
+        u, v = torch.tanh(0.5 * z), torch.tanh(0.5 * z_pair)  # (B, bits) in (-1, 1)
+        if c.consistency_kind == "pull":
+            return {"consistency": c.consistency * (u - v).pow(2).sum(1).mean()}
+        logits = F.normalize(u, dim=1) @ F.normalize(v, dim=1).T / c.temperature  # (B, B)
+        target = torch.arange(len(u), device=u.device)
+        nce = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        return {"consistency": c.consistency * nce}
 
     def penalties(self, x_in, z, h):
         c = self.config

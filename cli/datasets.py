@@ -1,0 +1,36 @@
+"""`hashae datasets export fashion-mnist DIR`: built-in data sets as ordinary image folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.common import QuietOption, fail, handle_errors
+
+app = typer.Typer(help="Built-in data sets.", no_args_is_help=True)
+
+KNOWN = ("fashion-mnist",)
+
+
+@app.command("export")
+@handle_errors
+def export(
+    name: str = typer.Argument(..., help="Data set name: fashion-mnist."),
+    out_dir: Path = typer.Argument(..., help="Folder to write <class>/<split>_<index>.png into."),
+    split: str = typer.Option("train", "--split", help="train or test."),
+    limit: int = typer.Option(None, "--limit", help="Export only the first N images.", min=1),
+    quiet: bool = QuietOption,
+) -> None:
+    """Write a built-in data set as PNG files in one subfolder per class."""
+    from hashae.data import export_fashion_mnist
+    from hashae.progress import progress_bar
+
+    if name not in KNOWN:
+        raise fail(f"unknown data set {name!r}; known: {', '.join(KNOWN)}")
+    if split not in ("train", "test"):
+        raise fail(f"unknown split {split!r}; use train or test")
+    total = limit or (60000 if split == "train" else 10000)
+    with progress_bar("exporting", total=total, enabled=not quiet) as bar:
+        count = export_fashion_mnist(out_dir, split=split, limit=limit, progress=bar.advance)
+    typer.echo(f"exported {count} {name} {split} images to {out_dir}")

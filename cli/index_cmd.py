@@ -1,0 +1,52 @@
+"""`hashae index FOLDER`: train if needed, encode, store; incremental on re-runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.common import JsonOption, QuietOption, StoreOption, handle_errors, print_json, store_path
+
+
+def register(app: typer.Typer) -> None:
+    app.command("index")(index)
+
+
+@handle_errors
+def index(
+    folder: Path = typer.Argument(..., help="Folder of images (searched recursively; the first subfolder names the label)."),
+    store: Path = StoreOption,
+    bits: int = typer.Option(None, "--bits", help="Code length in bits, a multiple of 8 (default 32).", min=8),
+    latent: int = typer.Option(None, "--latent", help="VAE latent size (default 32).", min=1),
+    image_size: int = typer.Option(None, "--image-size", help="Images are resized to this square size (default 28).", min=4),
+    color: bool = typer.Option(None, "--color/--grayscale", help="Colour or grayscale pixels (default: detected from the images).", show_default=False),
+    epochs: int = typer.Option(None, "--epochs", help="Training epochs (default: scaled to the folder size).", min=1),
+    quality: str = typer.Option("fast", "--quality", help="fast, or high (about 3x longer training)."),
+    retrain: bool = typer.Option(False, "--retrain", help="Train new models and re-encode everything."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="Training device: auto, cpu or cuda."),
+    quiet: bool = QuietOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Index a folder of images: train the models if the store has none, then encode and store
+    every new or changed image; deleted files are dropped, unreadable ones recorded with a reason."""
+    from index.pipeline import IndexOptions, index_folder
+
+    options = IndexOptions(
+        bits=bits,
+        latent_dim=latent,
+        image_size=image_size,
+        channels=None if color is None else (3 if color else 1),
+        epochs=epochs,
+        quality=quality,
+        retrain=retrain,
+        seed=seed,
+        device=device,
+        show_progress=not quiet,
+    )
+    summary = index_folder(store_path(store), folder, options)
+    if as_json:
+        print_json(summary.as_dict())
+    else:
+        typer.echo(summary.line())

@@ -1,0 +1,140 @@
+"""Fitting a model end to end (normalise, train, calibrate, measure) and the product's default recipes.
+
+Everything that trains a model (`hashae train`, `hashae index`, `hashae bench`) goes through `fit`, so
+the defaults that win the bench are the defaults users get.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from hashae.codes import CodeStats, code_stats
+from hashae.neighbours import nearest
+from hashae.trainer import History, TrainConfig, train
+from hashae.variants import AEConfig, Autoencoder, create, make_config
+
+# A training budget in optimiser steps: small folders get more epochs, large ones fewer.
+DEFAULT_STEPS = 6000
+MIN_EPOCHS, MAX_EPOCHS = 8, 200
+# Label-free neighbour pairs for models that use them: k nearest items in PCA space of this many dims.
+NEIGHBOURS_K, NEIGHBOURS_DIMS = 10, 64
+
+
+def default_epochs(n_items: int, *, batch_size: int = TrainConfig.batch_size) -> int:
+    """Epochs giving about DEFAULT_STEPS optimiser steps, clamped to [MIN_EPOCHS, MAX_EPOCHS]."""
+    steps_per_epoch = max(1, math.ceil(n_items / batch_size))
+    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(DEFAULT_STEPS / steps_per_epoch))))
+
+
+def default_config(kind: str, *, input_shape: tuple[int, ...], code_size: int, **overrides: Any) -> AEConfig:
+    """The product's default config of a kind for data of this shape. Vectors (1-D inputs) get MSE
+    on standardised features; images keep BCE on [0, 1] pixels."""
+    fields: dict[str, Any] = {"input_shape": tuple(input_shape), "code_size": code_size}
+    if len(input_shape) == 1:
+        fields["recon_loss"] = "mse"
+        if kind in ("hashing", "denoising"):
+            fields["corruption"] = {"kind": "gaussian", "strength": 0.2}
+    fields.update(overrides)
+    return make_config(kind, **fields)
+
+
+@dataclass
+class FitResult:
+    """A trained, calibrated model with its history; code statistics when it makes binary codes."""
+
+    model: Autoencoder
+    history: History
+    stats: CodeStats | None
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": self.model.config.kind,
+            "epochs": len(self.history.epochs),
+            "seconds": round(self.history.seconds, 2),
+            "final": {k: round(v, 4) for k, v in self.history.final.items()},
+        }
+        if self.stats is not None:
+            out["code_stats"] = self.stats.as_dict()
+        return out
+
+
+def fit(
+    config: AEConfig,
+    x: np.ndarray,
+    train_config: TrainConfig,
+    *,
+    show_progress: bool = True,
+    pairs: np.ndarray | None = None,
+) -> FitResult:
+    """Build, normalise, train and calibrate a model on x (n, *input_shape) float32.
+
+    A model that uses neighbour pairs gets them computed here without labels (hashae.neighbours,
+    PCA + exact k-NN, counted in the history's seconds) unless `pairs` is given."""
+    model = create(config)
+    model.fit_normalisation(x)
+    extra_seconds = 0.0
+    if model.uses_pairs and pairs is None:
+        started = time.perf_counter()
+        pairs = nearest(x, k=NEIGHBOURS_K, dims=NEIGHBOURS_DIMS, seed=train_config.seed)
+        extra_seconds = time.perf_counter() - started
+    history = train(model, x, train_config, show_progress=show_progress, pairs=pairs if model.uses_pairs else None)
+    history.seconds += extra_seconds
+    model.cpu()
+    inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    model.calibrate(inputs, seed=train_config.seed)
+    return FitResult(model=model, history=history, stats=measure_codes(model, inputs))
+
+
+def measure_codes(model: Autoencoder, inputs: torch.Tensor, *, limit: int = 10000) -> CodeStats | None:
+    """Code statistics of the sigmoid code layer of a binary-code model (None for the others)."""
+    if not model.binary_codes:
+        return None
+    sample = inputs[:limit]
+    with torch.no_grad():
+        z = torch.cat([model.encode_pre(model.normalise(chunk)) for chunk in sample.split(1024)])
+    return code_stats(torch.sigmoid(z[:, : model.config.code_size]).numpy())
+
+
+def with_epochs(train_config: TrainConfig, epochs: int | None, n_items: int) -> TrainConfig:
+    """train_config with the given epochs, or the size-scaled default when None."""
+    return replace(train_config, epochs=epochs or default_epochs(n_items, batch_size=train_config.batch_size))
+
+
+# The store's two models: the hashing autoencoder (binary codes) and the VAE (float latent).
+STORE_MODELS = {"hashing": "hashing", "latent": "vae"}
+QUALITY_STEPS = {"fast": 1.0, "high": 3.0}  # --quality high trains three times longer
+
+
+def fit_default(
+    kind: str,
+    x: np.ndarray,
+    *,
+    code_size: int,
+    epochs: int | None = None,
+    quality: str = "fast",
+    seed: int = 0,
+    device: str = "auto",
+    show_progress: bool = True,
+) -> FitResult:
+    """Fit the product's default model of a kind on x: default config, size-scaled epochs
+    (times 3 with quality "high"). `hashae index` and `hashae bench` both train through here."""
+    from hashae.errors import ConfigError
+
+    if quality not in QUALITY_STEPS:
+        raise ConfigError(f"unknown quality {quality!r}; known: {', '.join(QUALITY_STEPS)}")
+    config = default_config(kind, input_shape=tuple(x.shape[1:]), code_size=code_size)
+    base = TrainConfig(seed=seed, device=device)
+    n_epochs = epochs or max(1, round(default_epochs(len(x), batch_size=base.batch_size) * QUALITY_STEPS[quality]))
+    return fit(config, x, replace(base, epochs=n_epochs), show_progress=show_progress)
+
+
+def train_store_models(x: np.ndarray, *, bits: int, latent_dim: int, **options: Any) -> dict[str, FitResult]:
+    """Train the hashing autoencoder and the VAE that `hashae index` stores (options as fit_default)."""
+    sizes = {"hashing": bits, "latent": latent_dim}
+    return {role: fit_default(kind, x, code_size=sizes[role], **options) for role, kind in STORE_MODELS.items()}

@@ -1,0 +1,62 @@
+"""Contact sheets: a query and its neighbours as pictures, distance and label under each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hashae.errors import HashaeError
+from hashae.images import captioned_grid
+
+
+def contact_sheet(engine, answers, out: Path, *, scale: int = 3) -> Path:
+    """One row per answer: the query image (or item) first, then its hits in rank order."""
+    from PIL import Image
+
+    rows = []
+    for answer in answers:
+        tiles, captions = [_query_pixels(engine, answer)], [f"query\n{_short(str(answer.query))}"]
+        for hit in answer.hits:
+            tiles.append(_item_pixels(engine, hit))
+            captions.append(f"d={_distance(hit.distance)}\n{_short(hit.label or '-')}")
+        rows.append(captioned_grid(tiles, captions=captions, cols=len(tiles), scale=scale))
+    width = max(r.width for r in rows)
+    sheet = Image.new("RGB", (width, sum(r.height for r in rows)), "white")
+    y = 0
+    for row in rows:
+        sheet.paste(row, (0, y))
+        y += row.height
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return Path(out)
+
+
+def _query_pixels(engine, answer) -> np.ndarray:
+    if isinstance(answer.query, int):
+        hit = engine.snapshot.with_metadata([[_hit_for(answer.query)]])[0][0]
+        return _item_pixels(engine, hit)
+    return engine.decode(Path(answer.query))
+
+
+def _hit_for(item_id: int):
+    from index.store import Hit
+
+    return Hit(item_id, 0)
+
+
+def _item_pixels(engine, hit) -> np.ndarray:
+    """The indexed file's pixels; a grey tile when the file has gone since it was indexed."""
+    try:
+        return engine.decode(engine.source_path(hit))
+    except (HashaeError, OSError):
+        channels, size = engine.settings["channels"], engine.settings["image_size"]
+        return np.full((channels, size, size), 0.5, dtype=np.float32)
+
+
+def _distance(value) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.2f}"
+
+
+def _short(text: str, width: int = 14) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]

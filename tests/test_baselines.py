@@ -1,0 +1,87 @@
+"""LSH, PCAH and ITQ through FAISS: canonical codes, determinism, balanced bits on real images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hashae.baselines import METHODS, fit_hash
+from hashae.codes import check_codes, unpack_bits
+from hashae.errors import CodeError, ConfigError, DataError
+
+BITS = (16, 32, 64)
+
+
+@pytest.fixture(scope="module")
+def images(fashion) -> np.ndarray:
+    """Real Fashion-MNIST training images (conftest's `fashion`), flattened: float32 (n, 784) in [0, 1]."""
+    train, _ = fashion
+    return train.reshape(len(train), -1)
+
+
+@pytest.fixture(scope="module")
+def fitted(images):
+    """Every method at every tested length, fitted once: {(method, nbits): HashFunction}."""
+    return {(method, nbits): fit_hash(method, images, nbits=nbits) for method in METHODS for nbits in BITS}
+
+
+@pytest.mark.parametrize("nbits", BITS)
+@pytest.mark.parametrize("method", METHODS)
+def test_codes_are_canonical(fitted, images, method, nbits):
+    hash_fn = fitted[method, nbits]
+    assert (hash_fn.method, hash_fn.nbits, hash_fn.dim) == (method, nbits, 784)
+    codes = hash_fn.encode(images[:100])
+    assert codes.dtype == np.uint8 and codes.shape == (100, nbits // 8)
+    check_codes(codes, nbits=nbits)
+    # bit j of the canonical (big-endian packed) code is the sign of projection j
+    np.testing.assert_array_equal(unpack_bits(codes), hash_fn.project(images[:100]) >= 0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_encoding_the_training_data_twice_gives_the_same_codes(fitted, images, method):
+    hash_fn = fitted[method, 32]
+    np.testing.assert_array_equal(hash_fn.encode(images), hash_fn.encode(images))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fit_is_deterministic_given_seed(fitted, images, method):
+    again = fit_hash(method, images, nbits=32, seed=0)
+    np.testing.assert_array_equal(again.encode(images), fitted[method, 32].encode(images))
+
+
+def test_lsh_seed_changes_the_hyperplanes(fitted, images):
+    other = fit_hash("lsh", images, nbits=32, seed=1)
+    assert not np.array_equal(other.encode(images), fitted["lsh", 32].encode(images))
+
+
+@pytest.mark.parametrize("method", ["pcah", "itq"])
+def test_bits_are_roughly_balanced_on_real_images(fitted, images, method):
+    bit_means = unpack_bits(fitted[method, 32].encode(images)).mean(axis=0)
+    assert np.all(np.abs(bit_means - 0.5) < 0.15), bit_means
+
+
+def test_lsh_hyperplanes_pass_through_the_data_mean(fitted, images):
+    projected_mean = fitted["lsh", 64].project(images.mean(axis=0, keepdims=True))
+    np.testing.assert_allclose(projected_mean, 0.0, atol=1e-4)
+
+
+def test_encoding_is_batched_without_changing_codes(fitted, images, monkeypatch):
+    whole = fitted["itq", 16].encode(images)
+    monkeypatch.setattr("hashae.baselines.ENCODE_BATCH_ROWS", 7)
+    np.testing.assert_array_equal(fitted["itq", 16].encode(images), whole)
+
+
+def test_unknown_method_lists_the_known_ones(images):
+    with pytest.raises(ConfigError, match="lsh, pcah, itq"):
+        fit_hash("spectral", images, nbits=16)
+
+
+def test_bad_sizes_and_inputs_are_refused(images):
+    with pytest.raises(CodeError):
+        fit_hash("lsh", images, nbits=12)
+    with pytest.raises(ConfigError, match="at most one bit per input dimension"):
+        fit_hash("pcah", images[:, :8], nbits=16)
+    with pytest.raises(DataError, match="scale pixels"):
+        fit_hash("pcah", (images * 255).astype(np.uint8), nbits=16)
+    with pytest.raises(DataError, match="784-dimensional"):
+        fit_hash("lsh", images, nbits=16).encode(images[:, :100])
