@@ -30,7 +30,7 @@ class Row:
     bits: int
     median_us: float
     speedup_vs_flat: float | None = None
-    identical_distances: bool | None = None
+    identical_distances: bool | None = None  # k-NN: the flat index's distances; balls: its counts
 
 
 def clustered_codes(
@@ -49,15 +49,24 @@ def clustered_codes(
     return draw(n), draw(nqueries)
 
 
-def time_per_query(answer: Callable[[np.ndarray], object], queries: np.ndarray) -> tuple[float, list]:
-    """Median microseconds of answer(one query), after one warm-up call; also the answers."""
-    answer(queries[:1])
-    seconds, answers = [], []
-    for i in range(len(queries)):
-        start = time.perf_counter()
-        answers.append(answer(queries[i : i + 1]))
-        seconds.append(time.perf_counter() - start)
-    return float(np.median(seconds) * 1e6), answers
+def time_interleaved(answerers: dict[str, Callable], queries: np.ndarray, *, block: int = 25):
+    """Median microseconds per query of each answerer, and its answers.
+
+    The answerers take turns, a block of queries each, so that load from other processes on a shared
+    machine falls on all of them alike while each still runs with its own data in cache, as it
+    would serving queries. One warm-up call each first.
+    """
+    for answer in answerers.values():
+        answer(queries[:1])
+    seconds = {name: [] for name in answerers}
+    answers = {name: [] for name in answerers}
+    for first in range(0, len(queries), block):
+        for name, answer in answerers.items():
+            for i in range(first, min(first + block, len(queries))):
+                start = time.perf_counter()
+                answers[name].append(answer(queries[i : i + 1]))
+                seconds[name].append(time.perf_counter() - start)
+    return {name: float(np.median(s) * 1e6) for name, s in seconds.items()}, answers
 
 
 def bench_bits(args: argparse.Namespace, nbits: int) -> tuple[list[Row], dict]:
@@ -73,47 +82,61 @@ def bench_bits(args: argparse.Namespace, nbits: int) -> tuple[list[Row], dict]:
     index.search(queries[:1], k=args.k)  # builds the hash tables
     build_s = time.perf_counter() - start
 
-    flat_us, flat_answers = time_per_query(lambda q: flat.search(q, args.k)[0], queries)
-    ours_us, ours_answers = time_per_query(lambda q: index.search(q, k=args.k)[0], queries)
-    identical = all(np.array_equal(a, b) for a, b in zip(flat_answers, ours_answers))
-    rows = [
-        Row("FAISS IndexBinaryFlat, exact k-NN", nbits, flat_us),
-        Row("HammingIndex (MIH), exact k-NN", nbits, ours_us, flat_us / ours_us, identical),
-    ]
-    for strategy in ("probe", "scan"):
-        us, answers = time_per_query(lambda q: index.search(q, k=args.k, strategy=strategy)[0], queries)
-        same = all(np.array_equal(a, b) for a, b in zip(flat_answers, answers))
-        rows.append(Row(f"HammingIndex, exact k-NN, forced {strategy}", nbits, us, flat_us / us, same))
+    k = args.k
+    knn = {
+        "FAISS IndexBinaryFlat, exact k-NN": lambda q: flat.search(q, k),
+        "HammingIndex (MIH), exact k-NN": lambda q: index.search(q, k=k),
+        "HammingIndex, exact k-NN, forced probe": lambda q: index.search(q, k=k, strategy="probe"),
+        "HammingIndex, exact k-NN, forced scan": lambda q: index.search(q, k=k, strategy="scan"),
+    }
+    medians, answers = time_interleaved(knn, queries)
+    flat_name, *our_names = knn
+    flat_us = medians[flat_name]
+    truth = [distances for distances, _ in answers[flat_name]]
+    rows = [Row(flat_name, nbits, flat_us)]
+    for name in our_names:
+        identical = all(np.array_equal(t, d) for t, (d, _) in zip(truth, answers[name]))
+        rows.append(Row(name, nbits, medians[name], flat_us / medians[name], identical))
     rows += bench_balls(index, flat, database, queries, nbits, args.faiss_hash)
 
+    # FAISS breaks distance ties its own way; ours breaks them by id, whichever path answers
+    same_ids = all(
+        all(np.array_equal(a[1], b[1]) for a, b in zip(answers[our_names[0]], answers[name]))
+        for name in our_names[1:]
+    )
     extra = {
         "bits": nbits,
-        "build_seconds": build_s,
+        "build_seconds": round(build_s, 3),
+        "index_megabytes": round(index.nbytes / 2**20, 1),
+        "codes_megabytes": round(database.nbytes / 2**20, 1),
         "substrings": index.substrings,
+        "ids_identical_across_auto_probe_scan": same_ids,
         "kth_distance_percentiles_0_50_90_100": np.percentile(
-            [a[0, -1] for a in flat_answers], [0, 50, 90, 100]
+            [a[0, -1] for a in truth], [0, 50, 90, 100]
         ).tolist(),
     }
     return rows, extra
 
 
 def bench_balls(index, flat, database, queries, nbits: int, with_faiss_hash: bool) -> list[Row]:
-    """Hamming-ball timings; each checked to hold as many items as a FAISS flat range search."""
+    """Hamming-ball timings; each ball checked to hold as many items as a FAISS flat range search."""
     faiss_hash = None
     if with_faiss_hash:
         faiss_hash = faiss.IndexBinaryHash(nbits, nbits)
         faiss_hash.add(database)
     rows = []
     for radius in BALL_RADII:
-        truth = [flat.range_search(q[None], radius + 1)[0][1] for q in queries]
-        us, answers = time_per_query(lambda q: index.range_search(q, radius=radius)[0], queries)
-        same = all(len(a[0]) == t for a, t in zip(answers, truth))
-        rows.append(Row(f"HammingIndex (MIH), ball r <= {radius}", nbits, us, None, same))
+        balls = {
+            f"HammingIndex (MIH), ball r <= {radius}": lambda q: len(index.range_search(q, radius=radius)[0][1])
+        }
         if faiss_hash is not None:
             faiss_hash.nflip = radius
-            us, answers = time_per_query(lambda q: faiss_hash.range_search(q, radius + 1)[0][1], queries)
-            same = all(a == t for a, t in zip(answers, truth))
-            rows.append(Row(f"FAISS IndexBinaryHash, ball r <= {radius}", nbits, us, None, same))
+            hash_name = f"FAISS IndexBinaryHash, ball r <= {radius}"
+            balls[hash_name] = lambda q: len(faiss_hash.range_search(q, radius + 1)[2])
+        medians, answers = time_interleaved(balls, queries)
+        truth = [len(flat.range_search(q[None], radius + 1)[2]) for q in queries]
+        for name, median_us in medians.items():
+            rows.append(Row(name, nbits, median_us, None, answers[name] == truth))
     return rows
 
 
@@ -127,14 +150,16 @@ def print_table(rows: list[Row]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=1_000_000, help="database codes")
     parser.add_argument("--queries", type=int, default=200, help="queries, answered one at a time")
     parser.add_argument("--bits", type=int, nargs="+", default=[32, 64], help="code lengths")
     parser.add_argument("--k", type=int, default=10, help="neighbours per query")
     parser.add_argument("--dim", type=int, default=64, help="dimension of the clustered data")
     parser.add_argument("--clusters", type=int, default=1000, help="Gaussian clusters")
-    parser.add_argument("--spread", type=float, default=0.5, help="cluster standard deviation (centres ~ N(0, I))")
+    parser.add_argument("--spread", type=float, default=0.5, help="cluster std (centres ~ N(0, I))")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-faiss-hash", dest="faiss_hash", action="store_false",
                         help="skip the FAISS IndexBinaryHash ball rows")

@@ -45,6 +45,7 @@ def load() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def truth_for(query_x: np.ndarray, db_x: np.ndarray):
     """Exact pixel-space top 10 of the queries (cached on disk: it is the same for every run)."""
+    query_x, db_x = query_x.reshape(len(query_x), -1), db_x.reshape(len(db_x), -1)
     CACHE.mkdir(exist_ok=True)
     path = CACHE / "truth.npz"
     if path.exists():
@@ -52,7 +53,7 @@ def truth_for(query_x: np.ndarray, db_x: np.ndarray):
 
         saved = np.load(path)
         return NeighbourTruth(query_x=query_x, db_x=db_x, ids=saved["ids"], distances=saved["distances"])
-    truth = exact_neighbours(query_x.reshape(len(query_x), -1), db_x.reshape(len(db_x), -1))
+    truth = exact_neighbours(query_x, db_x)
     np.savez(path, ids=truth.ids, distances=truth.distances)
     return truth
 
@@ -98,6 +99,7 @@ def main() -> None:
     p.add_argument("--consistency-kind", default=None, choices=["pull", "infonce"])
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--hard-phase", type=float, default=None)
+    p.add_argument("--code-norm", type=int, choices=[0, 1], default=None)
     p.add_argument("--k", type=int, default=recipes.NEIGHBOURS_K, help="neighbours per item")
     p.add_argument("--pca-dims", type=int, default=recipes.NEIGHBOURS_DIMS)
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N images only (quick looks)")
@@ -123,6 +125,7 @@ def main() -> None:
             "consistency_kind": args.consistency_kind,
             "temperature": args.temperature,
             "hard_phase": args.hard_phase,
+            "code_norm": bool(args.code_norm) if args.code_norm is not None else None,
             "corruption": {"kind": "mask", "strength": args.mask} if args.mask is not None else None,
         }.items()
         if value is not None
@@ -158,6 +161,7 @@ def main() -> None:
             "T": config.temperature if config.consistency_kind == "infonce" and config.consistency else None,
             "k": args.k if config.consistency else None,
             "hard": config.hard_phase or None,
+            "norm": 1 if config.code_norm else None,
         }
         desc = " ".join(f"{k}={v}" for k, v in short.items() if v is not None)
         print(

@@ -34,7 +34,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def handle_errors(command: Callable) -> Callable:
-    """Turn library errors into one line on stderr and exit code 1; Ctrl-C into exit 130."""
+    """Turn library and file-system errors into one line on stderr and exit code 1; Ctrl-C into exit 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -42,6 +42,9 @@ def handle_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except HashaeError as error:
             raise fail(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+        except OSError as error:  # a path the user gave is a file, unwritable, full, ...
+            where = f"{error.filename}: " if error.filename else ""
+            raise fail(f"{where}{error.strerror or error}") from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None

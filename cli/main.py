@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from cli import bench, datasets, generate, index_cmd, info, query, train
+from cli import inspect as inspect_cmd
+from cli import serve
 
 app = typer.Typer(
     name="hashae",
@@ -20,6 +22,8 @@ info.register(app)
 train.register(app)
 generate.register(app)
 bench.register(app)
+serve.register(app)
+inspect_cmd.register(app)
 
 
 def main() -> None:

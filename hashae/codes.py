@@ -59,11 +59,16 @@ def unpack_bits(codes: np.ndarray, *, nbits: int | None = None) -> np.ndarray:
 
 
 def hamming_distances(query: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Hamming distances (nq, n) int32 between packed query codes (nq, B) and codes (n, B), by popcount."""
+    """Hamming distances (nq, n) int32 between packed query codes (nq, B) and codes (n, B), by popcount.
+
+    The bytes are viewed as the widest unsigned words that divide B (uint64 for 64-bit codes), so the
+    XOR and popcount run on whole words."""
     query = check_codes(query)
     codes = check_codes(codes, nbits=query.shape[1] * 8)
-    xor = np.bitwise_xor(query[:, None, :], codes[None, :, :])  # (nq, n, B)
-    return POPCOUNT_TABLE[xor].sum(axis=-1, dtype=np.int32)
+    word = next(w for w in (8, 4, 2, 1) if query.shape[1] % w == 0)
+    q_words, c_words = query.view(f"<u{word}"), codes.view(f"<u{word}")
+    xor = np.bitwise_xor(q_words[:, None, :], c_words[None, :, :])  # (nq, n, B / word)
+    return np.bitwise_count(xor).sum(axis=-1, dtype=np.int32)
 
 
 @dataclass(frozen=True)

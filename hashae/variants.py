@@ -177,7 +177,10 @@ class HashingConfig(AEConfig):
     item and its neighbour; "infonce" = contrastive loss with in-batch negatives on tanh(z/2) codes
     (cosine / temperature);
     hard_phase: share of training at the end where the decoder sees the hard 0/1 code
-    (straight-through gradient of the sigmoid).
+    (straight-through gradient of the sigmoid; 1 = from the start);
+    code_norm: standardise each code unit over the batch before noise and sigmoid (batch
+    normalisation without parameters), so no unit can saturate and die; bits are then the unit
+    above its training median (the calibrated bit_threshold).
     """
 
     code_size: int = 32
@@ -190,6 +193,7 @@ class HashingConfig(AEConfig):
     consistency_kind: str = "pull"
     temperature: float = 0.2
     hard_phase: float = 0.0
+    code_norm: bool = False
     corruption: Corruption = field(default_factory=lambda: Corruption("mask", 0.2))
     kind: ClassVar[str] = "hashing"
 
@@ -201,8 +205,8 @@ class HashingConfig(AEConfig):
             raise ConfigError("noise_ramp must be in (0, 1] and noise_max >= 0")
         if self.consistency_kind not in ("pull", "infonce"):
             raise ConfigError(f"unknown consistency_kind {self.consistency_kind!r}; known: pull, infonce")
-        if self.consistency < 0 or self.temperature <= 0 or not 0 <= self.hard_phase < 1:
-            raise ConfigError("consistency must be >= 0, temperature > 0 and hard_phase in [0, 1)")
+        if self.consistency < 0 or self.temperature <= 0 or not 0 <= self.hard_phase <= 1:
+            raise ConfigError("consistency must be >= 0, temperature > 0 and hard_phase in [0, 1]")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -514,15 +518,28 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 class HashingAutoencoder(Autoencoder):
     code_activation = "sigmoid"
     bits_activation = "identity"  # bits = pre-activation > 0
-    median_threshold = False
     binary_codes = True
 
     def noise_std(self, progress: float) -> float:
         return self.config.noise_max * min(1.0, progress / self.config.noise_ramp)
 
+    @property
+    def median_threshold(self) -> bool:  # type: ignore[override]
+        return self.config.code_norm
+
+    def standardise(self, z: torch.Tensor) -> torch.Tensor:
+        """Training: each unit centred and scaled over the batch when code_norm; else z itself."""
+        if not (self.config.code_norm and self.training and len(z) > 1):
+            return z
+        mean = z.mean(0)
+        with torch.no_grad():  # running centre, so held-out losses before calibration see sane bits
+            self.bit_threshold.lerp_(mean.detach(), 0.01)
+        return (z - mean) / (z.std(0) + 1e-5)
+
     def latent(self, z, progress):
         if not self.training:
-            return (z > 0).to(z.dtype)  # the decoder sees the hard code at inference
+            return (z > self.bit_threshold).to(z.dtype)  # the decoder sees the hard code at inference
+        z = self.standardise(z)
         soft = torch.sigmoid(z + self.noise_std(progress) * torch.randn_like(z))
         if progress >= 1.0 - self.config.hard_phase:
             return soft + ((z > 0).to(z.dtype) - soft).detach()  # hard code, straight-through gradient
@@ -534,7 +551,7 @@ class HashingAutoencoder(Autoencoder):
 
     def pair_penalties(self, z, z_pair, progress):
         c = self.config
-        u, v = torch.tanh(0.5 * z), torch.tanh(0.5 * z_pair)  # (B, bits) in (-1, 1)
+        u, v = torch.tanh(0.5 * self.standardise(z)), torch.tanh(0.5 * self.standardise(z_pair))  # (B, bits)
         if c.consistency_kind == "pull":
             return {"consistency": c.consistency * (u - v).pow(2).sum(1).mean()}
         logits = F.normalize(u, dim=1) @ F.normalize(v, dim=1).T / c.temperature  # (B, B)
@@ -544,7 +561,7 @@ class HashingAutoencoder(Autoencoder):
 
     def penalties(self, x_in, z, h):
         c = self.config
-        p = torch.sigmoid(z)  # (B, bits)
+        p = torch.sigmoid(self.standardise(z))  # (B, bits)
         terms = {"balance": c.balance * (p.mean(0) - 0.5).pow(2).sum()}
         if c.decorrelation:
             terms["decorrelation"] = c.decorrelation * offdiagonal_correlation(p)

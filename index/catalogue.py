@@ -176,11 +176,16 @@ class Generation:
 class Catalogue:
     """The SQLite catalogue of a store: items, skipped files, models, generations and settings."""
 
-    def __init__(self, path: str | Path):
-        """Open the catalogue at path, creating the file and its tables when missing."""
+    def __init__(self, path: str | Path, *, check_same_thread: bool = True):
+        """Open the catalogue at path, creating the file and its tables when missing.
+
+        check_same_thread=False lets several threads share the connection (SQLite serialises the
+        calls): for readers such as the server, whose requests run on a thread pool.
+        """
         self.path = Path(path)
         try:
-            self.db = Database(self.path, execute_plugins=False)
+            conn = sqlite3.connect(str(self.path), check_same_thread=check_same_thread)
+            self.db = Database(conn, execute_plugins=False)
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.db.enable_wal()
             self.db.execute("PRAGMA synchronous = FULL")

@@ -8,7 +8,10 @@ within floor((R - t) / m) bits of the query's substring finds every item within 
 
 The m tables share one CSR layout, built with numpy: `perm` lists row numbers grouped by (table,
 substring key) and a dense `offsets` array (substrings are at most 16 bits) says where each bucket
-starts. Probing runs in small numba kernels, one call per query.
+starts. Probing runs in small numba kernels, one call per query: in numpy, each probing round is a
+few dozen array calls, and the whole answer has to fit in a few of them. numba costs a fresh
+process about 0.25 s of CPU to import and 0.25 s to load the cached kernels (compiling them the
+first time takes a few seconds); see MIN_ITEMS_TO_PROBE.
 
 k-NN grows the covered radius one bit at a time until the k-th best candidate is certain. A cost
 model counts what probing has spent on the query; once that exceeds the cost of an exhaustive scan
@@ -27,8 +30,6 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from numba import njit
-
 from hashae.codes import check_codes, check_nbits
 from hashae.errors import HashaeError
 
@@ -36,14 +37,20 @@ Strategy = Literal["auto", "probe", "scan"]
 STRATEGIES = ("auto", "probe", "scan")
 
 MAX_SUBSTRING_BITS = 16  # dense bucket offsets: 2**16 entries per table
+MAX_ITEMS = 2**31 - 1  # rows are int32 in the tables, and the low 32 bits of a sort key
 
-# Cost model, in units of "one code compared by the FAISS flat scan" (about 1 ns). Calibrated with
-# benchmarks/bench_hamming.py; only the ratios matter. Probing gives way to the scan once the
-# probing spent on a query would exceed what one scan costs.
-COST_PER_ROUND = 200  # a probing round: kernel bookkeeping
-COST_PER_BUCKET = 15  # computing a bucket key and reading its offsets (a cache miss)
-COST_PER_CANDIDATE = 3  # popcounting one candidate
-COST_PER_SCAN = 5_000  # FAISS call overhead, plus the range search that orders ties by id
+# Cost model, in nanoseconds of one core, measured with benchmarks/bench_hamming.py (only the ratios
+# matter). Probing a query gives way to the exhaustive scan as soon as the probing it has cost, or
+# is certain to cost, would exceed the cost of the scan.
+COST_PER_ROUND = 300  # one radius step of k-NN: bookkeeping, allocating its bucket list
+COST_PER_BUCKET = 10  # computing a bucket key and reading its offsets (a likely cache miss)
+COST_PER_CANDIDATE_WORD = 5  # verifying one candidate, per 64-bit word of code
+COST_PER_SCANNED_CODE = 0.75  # FAISS flat scan, plus nbits / 256 per code
+SCAN_PASSES = 2  # a k-NN scan is a FAISS k-NN, then a range search that orders the ties by id
+COST_PER_SCAN = 5_000  # FAISS call overheads
+# Below this many codes "auto" always scans (under 40 us a query): the compiled kernels then stay
+# unloaded, which spares a fresh process (a CLI query) about 0.25 s of CPU.
+MIN_ITEMS_TO_PROBE = 20_000
 
 _HEADER = struct.Struct("<8sHHIQ")  # magic, format version, substrings, nbits, count
 _MAGIC = b"HASHAEHI"
@@ -101,6 +108,16 @@ class HammingIndex:
         """Number of multi-index hash tables."""
         return len(self._layout.widths)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held: codes, ids, and whichever search structures are built."""
+        held = self._codes.nbytes + self._ids.nbytes
+        if self._tables_cache is not None:
+            held += self._tables_cache.nbytes
+        if self._scanner_cache is not None:
+            held += self._codes.nbytes  # FAISS keeps its own copy of the codes
+        return held
+
     # ---- mutation -------------------------------------------------------------------------------
 
     def add(self, codes: np.ndarray, ids: np.ndarray) -> None:
@@ -121,6 +138,8 @@ class HammingIndex:
             raise DuplicateIdError(
                 f"ids already in the index: {_preview(present)}; remove them first to replace their codes"
             )
+        if self.ntotal + len(ids) > MAX_ITEMS:
+            raise ValueError(f"a HammingIndex holds at most {MAX_ITEMS} codes; shard the collection")
         all_ids = np.concatenate([self._ids, ids])
         order = np.argsort(all_ids, kind="stable")
         self._ids = all_ids[order]
@@ -160,11 +179,12 @@ class HammingIndex:
         radius = min(_check_nonnegative_int(radius, "radius"), self._nbits)
         queries = self._check_queries(queries, strategy)
         query_words = _code_words(queries)
+        budget = self._probe_budget(strategy, passes=1)
         results = []
         for i in range(len(queries)):
             found = None
-            if strategy != "scan" and self.ntotal:
-                found = self._tables.ball(query_words[i], radius, budget=self._probe_budget(strategy))
+            if budget is not None:
+                found = self._tables.ball(query_words[i : i + 1], radius, budget=budget)
             if found is None:
                 found = self._scanner.ball(queries[i : i + 1], radius)
             results.append(self._distances_and_ids(found))
@@ -184,16 +204,21 @@ class HammingIndex:
             raise ValueError("k must be at least 1")
         queries = self._check_queries(queries, strategy)
         query_words = _code_words(queries)
+        budget = self._probe_budget(strategy, passes=SCAN_PASSES)
         distances = np.full((len(queries), k), -1, dtype=np.int32)
-        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
         for i in range(len(queries)):
-            best = None
-            if strategy != "scan" and self.ntotal:
-                best = self._tables.knn(query_words[i], k, budget=self._probe_budget(strategy))
-            if best is None:
+            probed = False
+            if budget is not None:
+                probed = self._tables.knn(
+                    query_words[i : i + 1], budget=budget, distances=distances[i], rows=rows[i]
+                )
+            if not probed:
                 best = self._scanner.knn(queries[i : i + 1], k)
-            distances[i, : len(best)], ids[i, : len(best)] = self._distances_and_ids(best)
-        return distances, ids
+                distances[i, : len(best)], rows[i, : len(best)] = best >> 32, best & 0xFFFFFFFF
+        if self.ntotal == 0:
+            return distances, rows
+        return distances, np.where(rows >= 0, self._ids[rows], -1)
 
     # ---- serialisation --------------------------------------------------------------------------
 
@@ -255,11 +280,16 @@ class HammingIndex:
             self._scanner_cache = _FlatScanner(self._codes)
         return self._scanner_cache
 
-    def _probe_budget(self, strategy: str) -> float:
-        """What one scan would cost; a probing round dearer than this gives way to the scan."""
+    def _probe_budget(self, strategy: str, *, passes: int) -> float | None:
+        """What probing a query may spend: what the exhaustive scan would cost. None: just scan."""
+        if self.ntotal == 0 or strategy == "scan":
+            return None
         if strategy == "probe":
             return inf
-        return self.ntotal * (1 + self._nbits / 256) + COST_PER_SCAN
+        if self.ntotal < MIN_ITEMS_TO_PROBE:
+            return None
+        per_code = COST_PER_SCANNED_CODE + self._nbits / 256
+        return passes * self.ntotal * per_code + COST_PER_SCAN
 
     def _check_queries(self, queries: np.ndarray, strategy: str) -> np.ndarray:
         if strategy not in STRATEGIES:
@@ -274,7 +304,7 @@ class HammingIndex:
         return found
 
     def _distances_and_ids(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sort keys (distance << 32 | row) -> (distances int32, ids int64)."""
+        """Keys (distance << 32 | row) -> (distances int32, ids int64)."""
         return (keys >> 32).astype(np.int32), self._ids[keys & 0xFFFFFFFF]
 
 
@@ -307,17 +337,14 @@ class _SubstringLayout:
         """Keys of table t are offset by t * key_space, so all tables share one offsets array."""
         return 1 << max(self.widths)
 
-    def table_keys(self, codes: np.ndarray) -> np.ndarray:
-        """Offset substring keys (n, m) int64 of packed codes."""
-        padded = np.concatenate([codes, np.zeros((len(codes), 2), dtype=np.uint8)], axis=1)
-        keys = np.empty((len(codes), len(self.widths)), dtype=np.int64)
-        for t, (start, width) in enumerate(zip(self.starts, self.widths)):
-            first = start // 8  # a substring of at most 16 bits spans at most 3 bytes
-            window = padded[:, first : first + 3].astype(np.int64)
-            window = (window[:, 0] << 16) | (window[:, 1] << 8) | window[:, 2]
-            keys[:, t] = (window >> (24 - start % 8 - width)) & ((1 << width) - 1)
-            keys[:, t] += t * self.key_space
-        return keys
+    def substring_keys(self, codes: np.ndarray, table: int) -> np.ndarray:
+        """Keys (n,) uint16 of one table's substring of packed codes."""
+        start, width = self.starts[table], self.widths[table]
+        first = start // 8  # a substring of at most 16 bits spans at most 3 bytes
+        window = np.zeros(len(codes), dtype=np.uint32)
+        for byte in range(first, min(first + 3, codes.shape[1])):
+            window |= codes[:, byte].astype(np.uint32) << (8 * (first + 2 - byte))
+        return ((window >> (24 - start % 8 - width)) & ((1 << width) - 1)).astype(np.uint16)
 
 
 @dataclass(frozen=True)
@@ -340,10 +367,13 @@ class _MultiIndexTables:
 
     @classmethod
     def build(cls, codes: np.ndarray, layout: _SubstringLayout) -> _MultiIndexTables:
-        keys = layout.table_keys(codes)  # (n, m)
-        m = keys.shape[1]
-        perm = np.concatenate([np.argsort(keys[:, t], kind="stable") for t in range(m)]).astype(np.int32)
-        counts = np.bincount(keys.ravel(), minlength=m * layout.key_space)
+        n, space = len(codes), layout.key_space
+        perm = np.empty(n * len(layout.widths), dtype=np.int32)
+        counts = np.zeros(space * len(layout.widths), dtype=np.int64)
+        for t in range(len(layout.widths)):
+            keys = layout.substring_keys(codes, t)
+            perm[t * n : (t + 1) * n] = np.argsort(keys, kind="stable")  # a radix sort for uint16
+            counts[t * space : (t + 1) * space] = np.bincount(keys, minlength=space)
         offsets = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         words = _code_words(codes)
@@ -360,215 +390,29 @@ class _MultiIndexTables:
             nbits=layout.nbits,
         )
 
-    def knn(self, query_words: np.ndarray, k: int, *, budget: float) -> np.ndarray | None:
-        """Sort keys of the k nearest items, or None once probing has cost more than budget."""
-        keys, complete = _knn_kernel(*self._kernel_arguments(), query_words, k, budget)
-        return keys if complete else None
+    def knn(self, query_words: np.ndarray, *, budget: float, distances: np.ndarray, rows: np.ndarray) -> bool:
+        """Write the len(rows) nearest items, sorted, into distances and rows (left as they are past
+        the last item found); False, writing nothing, once probing has cost more than budget."""
+        from index._mih_kernels import _knn_kernel
+
+        return _knn_kernel(*self._kernel_arguments(), query_words, float(budget), distances, rows)
 
     def ball(self, query_words: np.ndarray, radius: int, *, budget: float) -> np.ndarray | None:
         """Sort keys of every item within radius, or None when probing would cost more than budget."""
-        keys, complete = _ball_kernel(*self._kernel_arguments(), query_words, radius, budget)
-        return keys if complete else None
+        from index._mih_kernels import _ball_kernel
+
+        keys, complete = _ball_kernel(*self._kernel_arguments(), query_words, radius, float(budget))
+        return np.sort(keys) if complete else None
+
+    @property
+    def nbytes(self) -> int:
+        return self.perm.nbytes + self.offsets.nbytes + self.candidate_words.nbytes
 
     def _kernel_arguments(self) -> tuple:
         return (
             self.perm, self.offsets, self.candidate_words, self.by_position,
             self.bit_starts, self.widths, self.key_space, self.nbits,
         )
-
-
-# ---- compiled kernels ---------------------------------------------------------------------------
-# numba: a round probes thousands of buckets and candidates; in numpy each round would cost dozens
-# of array calls, more than the whole answer is allowed to take. Bit arithmetic stays in uint64:
-# mixing uint64 and int64 makes numba compute in float64.
-
-_U64 = np.uint64
-
-
-@njit(cache=True, nogil=True)
-def _knn_kernel(perm, offsets, words, by_position, bit_starts, widths, key_space, nbits, query, k, budget):
-    """Incremental multi-index k-NN (Norouzi et al., algorithm 2).
-
-    Round R covers radius R: it probes, in each table, only the buckets new at radii
-    table_radii(R), so after it every item within R has been seen. It stops as soon as the k-th
-    best distance is <= R. Returns (sorted keys distance << 32 | row, True), or (empty, False) when
-    the probing spent so far exceeds the budget (an exhaustive scan is cheaper).
-    """
-    query_keys = _substring_keys(query, bit_starts, widths)
-    heap = np.empty(k, dtype=np.int64)  # max-heap of the best keys so far
-    size = 0
-    done = np.full(len(widths), -1, dtype=np.int64)
-    spent = 0.0
-    for radius in range(nbits + 1):
-        todo = _table_radii(radius, widths)
-        buckets = _round_buckets(query_keys, widths, key_space, offsets, done, todo)
-        spent += _round_cost(buckets)
-        if spent > budget:
-            return heap[:0], False
-        for b in range(len(buckets)):
-            table = buckets[b, 0]
-            for position in range(buckets[b, 1], buckets[b, 2]):
-                row = perm[position]
-                code = words[position] if by_position else words[row]
-                key = (_distance(code, query) << 32) | row
-                if size == k and key >= heap[0]:
-                    continue
-                if _seen_before(code, query_keys, table, done, todo, bit_starts, widths):
-                    continue
-                size = _heap_push(heap, size, key)
-        done = todo
-        if size == k and heap[0] >> 32 <= radius:
-            break
-    return np.sort(heap[:size]), True
-
-
-@njit(cache=True, nogil=True)
-def _ball_kernel(perm, offsets, words, by_position, bit_starts, widths, key_space, nbits, query, radius, budget):
-    """Every item within radius, in one round; (sorted keys, True) or (empty, False) if over budget."""
-    query_keys = _substring_keys(query, bit_starts, widths)
-    done = np.full(len(widths), -1, dtype=np.int64)
-    todo = _table_radii(radius, widths)
-    buckets = _round_buckets(query_keys, widths, key_space, offsets, done, todo)
-    found = np.empty(np.sum(buckets[:, 2] - buckets[:, 1]), dtype=np.int64)
-    if _round_cost(buckets) > budget:
-        return found[:0], False
-    count = 0
-    for b in range(len(buckets)):
-        table = buckets[b, 0]
-        for position in range(buckets[b, 1], buckets[b, 2]):
-            row = perm[position]
-            code = words[position] if by_position else words[row]
-            distance = _distance(code, query)
-            if distance <= radius and not _seen_before(code, query_keys, table, done, todo, bit_starts, widths):
-                found[count] = (distance << 32) | row
-                count += 1
-    return np.sort(found[:count]), True
-
-
-@njit(cache=True, nogil=True)
-def _table_radii(radius, widths):
-    """Per-table probing radii that together find every item within radius; -1: table unused.
-
-    An item missed by every table differs from the query by at least radii[t] + 1 bits in each
-    substring t, and the sum over t = 0..m-1 of (floor((radius - t) / m) + 1) is radius + 1.
-    """
-    m = len(widths)
-    radii = np.empty(m, dtype=np.int64)
-    for t in range(m):
-        radii[t] = min((radius - t) // m, widths[t])
-    return radii
-
-
-@njit(cache=True, nogil=True)
-def _round_buckets(query_keys, widths, key_space, offsets, done, todo):
-    """(table, first position, end position) of every bucket within radius todo[t] but beyond done[t]."""
-    total = 0
-    for t in range(len(widths)):
-        for flips in range(done[t] + 1, todo[t] + 1):
-            total += _binomial(widths[t], flips)
-    buckets = np.empty((total, 3), dtype=np.int64)
-    i = 0
-    for t in range(len(widths)):
-        for flips in range(done[t] + 1, todo[t] + 1):
-            mask = (1 << flips) - 1
-            while mask < 1 << widths[t]:  # every mask of `flips` bits, by Gosper's hack
-                bucket = t * key_space + (query_keys[t] ^ mask)
-                buckets[i, 0], buckets[i, 1], buckets[i, 2] = t, offsets[bucket], offsets[bucket + 1]
-                i += 1
-                if mask == 0:
-                    break
-                lowest = mask & -mask
-                ripple = mask + lowest
-                mask = (((ripple ^ mask) >> 2) // lowest) | ripple
-    return buckets
-
-
-@njit(cache=True, nogil=True)
-def _round_cost(buckets):
-    candidates = np.sum(buckets[:, 2] - buckets[:, 1])
-    return COST_PER_ROUND + COST_PER_BUCKET * len(buckets) + COST_PER_CANDIDATE * candidates
-
-
-@njit(cache=True, nogil=True)
-def _seen_before(code, query_keys, table, done, todo, bit_starts, widths):
-    """Whether an earlier round, or an earlier table in this round, already reached this item.
-
-    Each item is then handled once, by the first (round, table) whose probe covers it.
-    """
-    for t in range(len(widths)):
-        reached = todo[t] if t < table else done[t]
-        if t != table and reached >= 0:
-            if _popcount(_U64(_substring(code, bit_starts[t], widths[t]) ^ query_keys[t])) <= reached:
-                return True
-    return False
-
-
-@njit(cache=True, nogil=True)
-def _substring_keys(code, bit_starts, widths):
-    keys = np.empty(len(widths), dtype=np.int64)
-    for t in range(len(widths)):
-        keys[t] = _substring(code, bit_starts[t], widths[t])
-    return keys
-
-
-@njit(cache=True, nogil=True)
-def _substring(code, bit, width):
-    """The `width` bits of code (big-endian uint64 words) that start `bit` bits from its top."""
-    word, offset = bit // 64, bit % 64
-    value = code[word] << _U64(offset)
-    if offset + width > 64:
-        value |= code[word + 1] >> _U64(64 - offset)
-    return np.int64(value >> _U64(64 - width))
-
-
-@njit(cache=True, nogil=True)
-def _distance(code, query):
-    total = 0
-    for i in range(len(code)):
-        total += _popcount(code[i] ^ query[i])
-    return total
-
-
-@njit(cache=True, nogil=True)
-def _popcount(x):
-    x = x - ((x >> _U64(1)) & _U64(0x5555555555555555))
-    x = (x & _U64(0x3333333333333333)) + ((x >> _U64(2)) & _U64(0x3333333333333333))
-    x = (x + (x >> _U64(4))) & _U64(0x0F0F0F0F0F0F0F0F)
-    return np.int64((x * _U64(0x0101010101010101)) >> _U64(56))
-
-
-@njit(cache=True, nogil=True)
-def _binomial(n, r):
-    result = 1
-    for i in range(r):
-        result = result * (n - i) // (i + 1)
-    return result
-
-
-@njit(cache=True, nogil=True)
-def _heap_push(heap, size, key):
-    """Insert key into the max-heap heap[:size] holding at most len(heap) keys; returns the new size."""
-    if size < len(heap):
-        i = size
-        size += 1
-        while i > 0 and heap[(i - 1) // 2] < key:
-            heap[i] = heap[(i - 1) // 2]
-            i = (i - 1) // 2
-        heap[i] = key
-        return size
-    i = 0  # replace the largest key, then sift it down
-    while True:
-        child = 2 * i + 1
-        if child >= size:
-            break
-        if child + 1 < size and heap[child + 1] > heap[child]:
-            child += 1
-        if heap[child] <= key:
-            break
-        heap[i] = heap[child]
-        i = child
-    heap[i] = key
-    return size
 
 
 # ---- exhaustive scan ----------------------------------------------------------------------------
@@ -603,7 +447,8 @@ def _code_words(codes: np.ndarray) -> np.ndarray:
     """Packed codes (n, nbytes) as (n, ceil(nbytes / 8)) uint64 words: one big-endian integer,
     zero-padded in front to a whole number of words."""
     n, nbytes = codes.shape
-    padded = np.concatenate([np.zeros((n, -nbytes % 8), dtype=np.uint8), codes], axis=1)
+    padded = np.zeros((n, nbytes + -nbytes % 8), dtype=np.uint8)
+    padded[:, -nbytes:] = codes
     return padded.view(">u8").astype(np.uint64)
 
 

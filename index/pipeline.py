@@ -192,7 +192,8 @@ def index_folder(store_path: Path, root: Path, options: IndexOptions) -> IndexSu
         with timer("encode"):
             writer.remove_items(plan.changed + plan.gone)
             _encode_and_store(root, plan.to_add, models, writer, summary, options.show_progress)
-            writer.clear_skipped(set(live) - {f.relpath for f in files})
+            listed = {f.relpath for f in files}
+            writer.clear_skipped(s.path for s in store.catalogue.skipped() if s.path not in listed)  # deleted bad files
         with timer("commit"):
             summary.generation = writer.commit(hashing_model=models.hashing_id, latent_model=models.latent_id)
         summary.unchanged, summary.removed = len(plan.unchanged), len(plan.gone)
@@ -250,7 +251,7 @@ def _encode_and_store(root: Path, to_add, models: StoreModels, writer: Writer, s
 def _reason(error: Exception) -> str:
     if isinstance(error, OSError):
         return f"cannot read the file ({error.strerror or error})"
-    return str(error)
+    return getattr(error, "reason", None) or str(error)  # ImageDecodeError carries the bare reason
 
 
 def _train_models(store: Store, writer: Writer, root: Path, files, settings, options: IndexOptions, summary: IndexSummary, timer) -> StoreModels:

@@ -2,12 +2,12 @@
 
 A QueryEngine holds one store snapshot (a committed generation) and the numpy encoders of that
 generation's models. No torch import: a cold `hashae query` pays only for numpy, FAISS and SQLite.
-`refresh()` moves to a newer generation when one has been committed (the server calls it).
+An engine never changes generation: to follow a writer, build a new engine once
+`engine.snapshot.is_stale()` (the server swaps whole engines, so no answer mixes generations).
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +51,13 @@ class QueryEngine:
     """Searches over the newest committed generation of a store."""
 
     def __init__(self, store: Store) -> None:
+        import faiss
+
+        # Queries come one (or a few) at a time: FAISS's OpenMP threads only add start-up and, on a
+        # busy machine, spin-waiting (single searches measured 10-100x slower with them). The
+        # setting is per thread: multi-threaded callers set it in each thread (see index.server).
+        faiss.omp_set_num_threads(1)
         self.store = store
-        self._lock = threading.Lock()
         self._load(store.snapshot())
 
     def _load(self, snapshot: Snapshot) -> None:
@@ -61,14 +66,6 @@ class QueryEngine:
             raise QueryError(f"the store at {self.store.root} has no trained models; run `hashae index FOLDER`")
         encoders = (InferenceEncoder.load(self.store.model_dir(hashing)), InferenceEncoder.load(self.store.model_dir(latent)))
         self.snapshot, (self.hashing, self.latent) = snapshot, encoders
-
-    def refresh(self) -> bool:
-        """Move to the newest committed generation if there is a newer one; True when it moved."""
-        with self._lock:
-            if not self.snapshot.is_stale():
-                return False
-            self._load(self.store.snapshot())
-            return True
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -100,12 +97,14 @@ class QueryEngine:
         return self.search(label, codes, latents, mode=mode, k=k, radius=radius)
 
     def query_id(self, item_id: int, *, mode: str = "hamming", k: int | None = None, radius: int | None = None) -> Answer:
-        """Search with an indexed item's stored code and latent (it finds itself at distance 0)."""
+        """Search with an indexed item's stored code and latent. The item itself comes first, at
+        distance 0, even when more than k items share its code (ties otherwise rank by id)."""
         codes, latents = self.stored_vectors(item_id)
-        return self.search(item_id, codes, latents, mode=mode, k=k, radius=radius)
+        return self.search(item_id, codes, latents, mode=mode, k=k, radius=radius, itself=item_id)
 
-    def search(self, query: str | int, codes: np.ndarray, latents: np.ndarray, *, mode: str, k: int | None, radius: int | None) -> Answer:
-        """One query's answer: k nearest in the mode, or with a radius every item within it (Hamming)."""
+    def search(self, query: str | int, codes: np.ndarray, latents: np.ndarray, *, mode: str, k: int | None, radius: int | None, itself: int | None = None) -> Answer:
+        """One query's answer: k nearest in the mode, or with a radius every item within it (Hamming).
+        `itself`: the id of the indexed item the query is, put first at distance 0."""
         if mode not in QUERY_MODES:
             raise QueryError(f"unknown mode {mode!r}; use one of {', '.join(QUERY_MODES)}")
         snapshot = self.snapshot
@@ -115,9 +114,12 @@ class QueryEngine:
             if radius < 0 or radius > self.hashing.code_size:
                 raise QueryError(f"radius must be between 0 and {self.hashing.code_size}, got {radius}")
             hits = snapshot.range_hamming(codes, radius=radius)[0]
-            hits = hits[:k] if k else hits
         else:
-            hits = snapshot.search(mode=mode, k=k or DEFAULT_K, codes=codes, latents=latents)[0]
+            k = k or DEFAULT_K
+            hits = snapshot.search(mode=mode, k=k, codes=codes, latents=latents)[0]
+        if itself is not None:
+            hits = [Hit(itself, 0 if mode == "hamming" else 0.0), *(hit for hit in hits if hit.id != itself)]
+        hits = hits[:k] if k else hits
         hits = snapshot.with_metadata([hits])[0]
         bits = "".join("1" if b else "0" for b in np.unpackbits(codes[0]))
         return Answer(query=query, mode=mode, hits=hits, code_bits=bits, radius=radius)

@@ -122,11 +122,17 @@ class Store:
 
     @classmethod
     def open(
-        cls, path: str | Path = DEFAULT_STORE, *, create: bool = False, hnsw_threshold: int = 200_000
+        cls,
+        path: str | Path = DEFAULT_STORE,
+        *,
+        create: bool = False,
+        hnsw_threshold: int = 200_000,
+        check_same_thread: bool = True,
     ) -> Store:
         """Open the store at path; with create=True make it (folders and catalogue) when missing.
 
         hnsw_threshold: latent indexes of at least this many items are built as HNSW, not flat.
+        check_same_thread=False: the catalogue connection may be used from several threads (readers).
         """
         root = Path(path)
         if create:
@@ -134,7 +140,8 @@ class Store:
                 folder.mkdir(parents=True, exist_ok=True)
         elif not (root / CATALOGUE_FILE).is_file():
             raise StoreError(f"no hashae store at {root} — run `hashae index FOLDER` first")
-        return cls(root, Catalogue(root / CATALOGUE_FILE), hnsw_threshold=hnsw_threshold)
+        catalogue = Catalogue(root / CATALOGUE_FILE, check_same_thread=check_same_thread)
+        return cls(root, catalogue, hnsw_threshold=hnsw_threshold)
 
     def close(self) -> None:
         self.catalogue.close()

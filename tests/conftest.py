@@ -66,3 +66,179 @@ def fit_model() -> Callable[..., trainer.History]:
         return trainer.train(model, x, trainer.TrainConfig(epochs=epochs, **settings), show_progress=False)
 
     return fit
+
+
+# ------------------------------------------------------------------------------------------------
+# Index pipeline, CLI and crash tests (tests/test_pipeline.py, test_cli.py, test_crash.py):
+# one small image folder indexed once per session (1 epoch); tests copy it rather than retrain.
+
+import io as _io
+import shutil as _shutil
+import struct as _struct
+import zlib as _zlib
+
+LIBRARY_SIZE = 150  # images in the session's indexed folder
+INDEX_EPOCHS = 1
+
+
+def _draw_shape(rng: np.random.Generator, kind: int, size: int = 28):
+    """A seeded drawing of shape `kind` (0..4) in light gray on black, at a random place and size."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(img)
+    x0, y0 = (int(v) for v in rng.integers(1, size // 3, 2))
+    x1, y1 = (int(v) for v in rng.integers(2 * size // 3, size - 1, 2))
+    fill = int(rng.integers(150, 256))
+    if kind == 0:
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif kind == 1:
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    elif kind == 2:
+        draw.polygon([((x0 + x1) // 2, y0), (x0, y1), (x1, y1)], fill=fill)
+    elif kind == 3:
+        draw.line((x0, y0, x1, y1), fill=fill, width=3)
+        draw.line((x0, y1, x1, y0), fill=fill, width=3)
+    else:
+        draw.rectangle((x0, (y0 + y1) // 2 - 2, x1, (y0 + y1) // 2 + 2), fill=fill)
+    return img
+
+
+def draw_images(folder: Path, n: int, *, seed: int = 0, classes: bool = True, prefix: str = "img") -> list[str]:
+    """Write n seeded drawings as PNG into folder (in one subfolder per shape when classes);
+    returns their relative paths."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for i in range(n):
+        kind = i % 5
+        rel = f"shape{kind}/{prefix}_{i:04d}.png" if classes else f"{prefix}_{i:04d}.png"
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _draw_shape(rng, kind).save(path)
+        written.append(rel)
+    return written
+
+
+def write_library(folder: Path, n: int) -> None:
+    """n Fashion-MNIST images in class subfolders (drawn shapes when the data set is not installed)."""
+    from hashae.data import export_fashion_mnist
+
+    if FASHION_TRAIN_IMAGES.is_file():
+        export_fashion_mnist(folder, split="train", limit=n)
+    else:
+        draw_images(folder, n)
+
+
+def png_declaring_size(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height (a decompression bomb); its data is tiny."""
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        crc = _zlib.crc32(tag + body) & 0xFFFFFFFF
+        return _struct.pack(">I", len(body)) + tag + body + _struct.pack(">I", crc)
+
+    header = _struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", _zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _image_bytes(img, fmt: str, **options: Any) -> bytes:
+    buffer = _io.BytesIO()
+    img.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def write_odd_files(folder: Path, *, sub: str = "odd", seed: int = 0) -> tuple[list[str], dict[str, str]]:
+    """Unusual but valid images and broken files, written into folder/sub (folder itself when sub is "").
+
+    Returns (relative paths of the valid ones, {relative path of a broken one: a word its skip
+    reason must contain})."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    noise = lambda: Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), "RGB")  # noqa: E731
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees
+    frames = [noise().convert("P") for _ in range(3)]
+    png, jpeg = _image_bytes(noise(), "PNG"), _image_bytes(noise(), "JPEG", quality=90)
+    good = {
+        "palette.png": _image_bytes(noise().quantize(16), "PNG"),
+        "alpha.png": _image_bytes(noise().convert("RGBA"), "PNG"),
+        "gray_alpha.png": _image_bytes(noise().convert("LA"), "PNG"),
+        "cmyk.jpg": _image_bytes(noise().convert("CMYK"), "JPEG"),
+        "gray16.png": _image_bytes(Image.fromarray(rng.integers(0, 65536, (40, 30)).astype(np.uint16)), "PNG"),
+        "animated.gif": _image_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0),
+        "rotated.jpg": _image_bytes(noise(), "JPEG", exif=exif.tobytes()),
+    }
+    bad = {
+        "empty.png": (b"", "empty"),
+        "truncated.png": (png[: len(png) // 2], "truncated"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
+        "text.jpg": (b"not an image at all\n" * 20, "not an image"),
+        "bomb.png": (png_declaring_size(100_000, 100_000), "too large"),
+    }
+    target = folder / sub if sub else folder
+    target.mkdir(parents=True, exist_ok=True)
+    for name, data in good.items():
+        (target / name).write_bytes(data)
+    for name, (data, _) in bad.items():
+        (target / name).write_bytes(data)
+    (target / "notes.txt").write_text("not an image extension: never listed\n")
+    rel = (lambda name: f"{sub}/{name}") if sub else (lambda name: name)
+    return sorted(rel(name) for name in good), {rel(name): word for name, (_, word) in bad.items()}
+
+
+def index_quietly(store: Path, folder: Path, **options: Any):
+    """index_folder in-process, on the CPU, with 1 training epoch unless told otherwise."""
+    from index.pipeline import IndexOptions, index_folder
+
+    settings = {"epochs": INDEX_EPOCHS, "show_progress": False, "device": "cpu", **options}
+    return index_folder(store, folder, IndexOptions(**settings))
+
+
+def store_state(store: Path) -> dict[str, tuple[int, bytes, str | None]]:
+    """The newest committed generation as {path: (id, code bytes, label)}."""
+    from index.store import Store
+
+    with Store.open(store) as opened:
+        snapshot = opened.snapshot()
+        ids, codes, _ = opened.catalogue.items_visible(snapshot.gen)
+        items = opened.catalogue.items(ids.tolist())
+        return {items[int(i)].path: (int(i), codes[row].tobytes(), items[int(i)].label) for row, i in enumerate(ids)}
+
+
+def image_paths(folder: Path) -> set[str]:
+    """Relative paths of the image files under folder (what the store should hold, bad ones aside)."""
+    from hashae.data import list_images
+
+    return {image.relpath for image in list_images(folder)}
+
+
+@pytest.fixture(scope="session")
+def indexed_library(tmp_path_factory) -> tuple[Path, Path]:
+    """(folder, store): LIBRARY_SIZE images in class subfolders, indexed once (1 epoch). Read only:
+    tests that change either take library_copy."""
+    base = tmp_path_factory.mktemp("library")
+    folder, store = base / "images", base / "store"
+    write_library(folder, LIBRARY_SIZE)
+    index_quietly(store, folder)
+    return folder, store
+
+
+@pytest.fixture
+def library_copy(tmp_path, indexed_library) -> tuple[Path, Path]:
+    """A private copy of the indexed folder and its store (file mtimes kept, so nothing looks changed)."""
+    folder, store = indexed_library
+    _shutil.copytree(folder, tmp_path / "images")
+    _shutil.copytree(store, tmp_path / "store")
+    return tmp_path / "images", tmp_path / "store"
+
+
+@pytest.fixture(scope="session")
+def indexed_flat_folder(tmp_path_factory) -> tuple[Path, Path, list[str], dict[str, str]]:
+    """(folder, store, odd valid files, {broken file: reason word}): a flat folder (no class
+    subfolders, so no labels) of drawn images and the files of write_odd_files, indexed from scratch."""
+    base = tmp_path_factory.mktemp("flat")
+    folder, store = base / "images", base / "store"
+    draw_images(folder, 60, seed=1, classes=False)
+    good, bad = write_odd_files(folder, sub="")
+    index_quietly(store, folder)
+    return folder, store, good, bad

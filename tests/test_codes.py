@@ -86,7 +86,9 @@ def test_unpack_refuses_wrong_shape_and_bit_count() -> None:
         unpack_bits([[0, 1]])
 
 
-@pytest.mark.parametrize("nbits", [8, 24, 64, 256])
+# widths whose byte count is odd, 2 * odd, 4 * odd and a multiple of 8: every word size a
+# vectorised implementation might view the bytes as
+@pytest.mark.parametrize("nbits", [8, 24, 16, 48, 32, 96, 64, 256])
 def test_hamming_distances_match_a_naive_loop(nbits: int) -> None:
     rng = np.random.default_rng(nbits)
     queries = rng.integers(0, 256, (6, nbits // 8), dtype=np.uint8)

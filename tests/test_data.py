@@ -185,14 +185,16 @@ def test_animated_gif_gives_first_frame(tmp_path):
     frames = [Image.new("L", (16, 16), 0), Image.new("L", (16, 16), 255)]
     path = tmp_path / "anim.gif"
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
-    assert Image.open(path).n_frames == 2
+    with Image.open(path) as written:
+        assert written.n_frames == 2
     assert decode_image(path, size=8, channels=1).max() == 0.0
 
 
 def test_16bit_png_uses_full_range(tmp_path):
     values = np.array([[0, 16384, 32768, 65535]] * 4, dtype=np.uint16)
     path = save(Image.fromarray(values), tmp_path / "deep.png")
-    assert Image.open(path).mode.startswith("I")
+    with Image.open(path) as written:
+        assert written.mode.startswith("I")
     pixels = decode_image(path, size=4, channels=1)
     np.testing.assert_allclose(pixels[0, 0], values[0] / 65535, atol=1e-6)
 
@@ -204,7 +206,8 @@ def test_exif_orientation_applied(tmp_path, orientation, dark_side):
     if orientation is not None:
         exif[0x0112] = orientation
     path = save(halves(40, 20), tmp_path / "photo.jpg", exif=exif, quality=95)
-    assert Image.open(path).size == (40, 20)
+    with Image.open(path) as written:
+        assert written.size == (40, 20)
     pixels = decode_image(path, size=16, channels=1)
     left, right = left_right_means(pixels)
     top, bottom = top_bottom_means(pixels)

@@ -1,0 +1,106 @@
+"""The web page in a real headless Chromium (Debian's, driven by Playwright): load it, click an
+indexed item, see k neighbour thumbnails with distances and bits, change k and the mode, upload a
+picture, and save screenshots. Skipped with the reason when Chromium or Playwright is missing
+(CI: `apt-get install -y chromium` and `pip install playwright`; never `playwright install`)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from serving import Server, small_store
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "") if p and Path(p).is_file()), None)
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    images, store = small_store(tmp_path_factory)
+    with Server(store) as running:
+        yield running, sync_api, images
+
+
+@pytest.fixture
+def page(server, tmp_path):
+    running, sync_api, _ = server
+    with sync_api.sync_playwright() as playwright:
+        # launch_persistent_context: a fresh --user-data-dir of our own, in the test's tmp dir
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        tab = context.pages[0] if context.pages else context.new_page()
+        problems: list[str] = []
+        tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+        tab.on("console", lambda message: problems.append(f"console {message.type}: {message.text}") if message.type == "error" else None)
+        tab.goto(running.url + "/")
+        tab.wait_for_selector("#browse button")
+        yield tab, problems
+        context.close()
+
+
+def test_click_an_item_and_see_its_neighbours(page, tmp_path):
+    tab, problems = page
+    first = tab.locator("#browse button").first
+    item_id = first.get_attribute("data-id")
+    first.click()
+    tab.wait_for_function("document.querySelectorAll('#results .card').length === 20")
+    assert tab.locator("#qtitle").inner_text().startswith(f"Item #{item_id}")
+    cards = tab.locator("#results .card")
+    assert cards.first.get_attribute("data-id") == item_id  # an item is its own nearest neighbour
+    assert cards.first.locator(".dist").inner_text() == "d 0"
+    bits = len(tab.locator("#qbits i").all())
+    assert bits >= 8 and len(cards.nth(3).locator(".bits i").all()) == bits
+    tab.wait_for_function(  # every thumbnail decoded
+        "[...document.querySelectorAll('#results img')].every(img => img.complete && img.naturalWidth > 0)"
+    )
+    tab.screenshot(path=str(tmp_path / "neighbours.png"), full_page=True)
+    assert (tmp_path / "neighbours.png").stat().st_size > 10_000
+
+    tab.select_option("#k", "5")  # fewer results, same query
+    tab.wait_for_function("document.querySelectorAll('#results .card').length === 5")
+    tab.locator("#modes button[data-mode=latent]").click()
+    tab.wait_for_function("document.querySelector('#qmeta').textContent.includes('latent')")
+    assert len(tab.locator("#results .card").all()) == 5
+    assert "." in tab.locator("#results .card .dist").first.inner_text()  # float distances
+
+    second = cards.nth(2).get_attribute("data-id")  # clicking a neighbour searches with it
+    cards.nth(2).click()
+    tab.wait_for_function(f"document.querySelector('#qtitle').textContent.startsWith('Item #{second}')")
+    assert not problems, problems
+
+
+def test_upload_a_picture(page, server, tmp_path):
+    tab, problems = page
+    images = sorted(server[2].rglob("*.png"))
+    tab.set_input_files("#file", str(images[0]))
+    tab.wait_for_function("document.querySelectorAll('#results .card').length === 20")
+    assert tab.locator("#qtitle").inner_text() == f"Your picture · {images[0].name}"
+    assert tab.locator("#results .card .dist").first.inner_text() == "d 0"
+    tab.screenshot(path=str(tmp_path / "upload.png"), full_page=True)
+
+    (tmp_path / "notes.txt").write_text("not a picture")
+    tab.set_input_files("#file", str(tmp_path / "notes.txt"))
+    tab.wait_for_selector("#error", state="visible")
+    assert "not an image" in tab.locator("#error").inner_text()
+    real_problems = [p for p in problems if "400" not in p]  # the refused upload logs its 400
+    assert not real_problems, real_problems

@@ -1,0 +1,333 @@
+"""The `hashae` command line through typer's CliRunner: exit codes, --json shapes, query modes and
+radius against brute force on the stored codes, one-line errors, help texts, and a cold start
+that never imports torch."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from conftest import store_state
+from typer.testing import CliRunner
+
+from cli.main import app
+from index.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT_KEYS = {"rank", "id", "path", "label", "distance"}
+
+
+def invoke(*args: object, env: dict | None = None):
+    return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def ok(*args: object, env: dict | None = None):
+    result = invoke(*args, env=env)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def json_lines(result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def assert_one_line_error(result, *words: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def catalogue(indexed_library):
+    """(folder, store, ids int64 (n,), codes uint8 (n, B), latents float32 (n, d), {id: path})."""
+    folder, store = indexed_library
+    with Store.open(store) as opened:
+        gen = opened.snapshot().gen
+        ids, codes, latents = (np.array(a) for a in opened.catalogue.items_visible(gen))
+    paths = {row[0]: path for path, row in store_state(store).items()}
+    return folder, store, ids, codes, latents, paths
+
+
+def hamming_to_all(codes: np.ndarray, code: np.ndarray) -> np.ndarray:
+    return np.unpackbits(codes ^ code, axis=1).sum(axis=1)
+
+
+def code_of(answer: dict) -> np.ndarray:
+    return np.packbits(np.array([int(b) for b in answer["code"]], dtype=np.uint8))
+
+
+def pairs(results: list[dict]) -> list[tuple[int, object]]:
+    return [(hit["id"], hit["distance"]) for hit in results]
+
+
+def brute_knn(ids, distances, k, *, itself=None):
+    """The k nearest by (distance, id); with `itself` (an id query) that item first."""
+    order = np.lexsort((ids, ids != itself, distances))[:k]
+    return ids[order], distances[order]
+
+
+# ------------------------------------------------------------------------------------------ query
+def check_answer_shape(answer: dict, *, query, mode: str) -> None:
+    assert {"query", "mode", "results"} <= set(answer)
+    assert answer["query"] == query and answer["mode"] == mode
+    for rank, hit in enumerate(answer["results"], start=1):
+        assert set(hit) == RESULT_KEYS
+        assert hit["rank"] == rank
+
+
+def test_query_by_image_json_finds_itself_and_matches_brute_force(catalogue):
+    folder, store, ids, codes, _, paths = catalogue
+    # an item whose code is shared by at most 5 items, so it must be among the 10 nearest
+    for item_id, code in zip(ids, codes):
+        if (hamming_to_all(codes, code) == 0).sum() <= 5:
+            break
+    image = folder / paths[int(item_id)]
+    answer = json_lines(ok("query", image, "--store", store, "--json"))[0]
+    check_answer_shape(answer, query=str(image), mode="hamming")
+    results = answer["results"]
+    assert len(results) == 10
+    assert {"id": int(item_id), "path": paths[int(item_id)], "distance": 0} in [
+        {key: hit[key] for key in ("id", "path", "distance")} for hit in results
+    ]
+    assert all(hit["label"] == hit["path"].split("/")[0] for hit in results)
+    want_ids, want_distances = brute_knn(ids, hamming_to_all(codes, code_of(answer)), 10)
+    assert pairs(results) == list(zip(want_ids.tolist(), want_distances.tolist()))
+    assert all(isinstance(hit["distance"], int) for hit in results)
+
+
+def test_query_several_images_and_ids_one_line_each(catalogue):
+    folder, store, ids, _, _, paths = catalogue
+    first, second = (folder / paths[int(i)] for i in ids[:2])
+    result = ok("query", first, second, "--id", ids[3], "--id", ids[4], "--store", store, "--json", "-k", 3)
+    answers = json_lines(result)
+    assert [a["query"] for a in answers] == [str(first), str(second), int(ids[3]), int(ids[4])]
+    assert all(len(a["results"]) == 3 for a in answers)
+    for answer in answers[2:]:
+        assert answer["results"][0]["id"] == answer["query"] and answer["results"][0]["distance"] == 0
+
+
+@pytest.mark.parametrize("radius", [0, 2, 5])
+def test_radius_returns_every_item_within_it(catalogue, radius):
+    _, store, ids, codes, _, paths = catalogue
+    row = 7
+    answer = json_lines(ok("query", "--id", ids[row], "--radius", radius, "--store", store, "--json"))[0]
+    check_answer_shape(answer, query=int(ids[row]), mode="hamming")
+    distances = hamming_to_all(codes, codes[row])
+    inside = distances <= radius
+    want_ids, want_distances = brute_knn(ids[inside], distances[inside], len(ids), itself=ids[row])
+    assert pairs(answer["results"]) == list(zip(want_ids.tolist(), want_distances.tolist()))
+    assert pairs(answer["results"])[0] == (int(ids[row]), 0)
+    assert all(hit["path"] == paths[hit["id"]] for hit in answer["results"])
+
+
+def test_radius_with_an_image_and_a_cap(catalogue):
+    folder, store, ids, codes, _, paths = catalogue
+    image = folder / paths[int(ids[0])]
+    answer = json_lines(ok("query", image, "--radius", 6, "-k", 4, "--store", store, "--json"))[0]
+    distances = hamming_to_all(codes, code_of(answer))
+    inside = distances <= 6
+    want_ids, want_distances = brute_knn(ids[inside], distances[inside], 4)
+    assert pairs(answer["results"]) == list(zip(want_ids.tolist(), want_distances.tolist()))
+
+
+def test_latent_mode_matches_brute_force(catalogue):
+    _, store, ids, _, latents, _ = catalogue
+    row = 11
+    answer = json_lines(ok("query", "--id", ids[row], "--mode", "latent", "-k", 5, "--store", store, "--json"))[0]
+    check_answer_shape(answer, query=int(ids[row]), mode="latent")
+    distances = ((latents - latents[row]) ** 2).sum(axis=1)
+    want = brute_knn(ids, distances, 5, itself=ids[row])[0]
+    assert [hit["id"] for hit in answer["results"]] == want.tolist()
+    assert answer["results"][0]["id"] == int(ids[row]) and answer["results"][0]["distance"] == 0.0
+    got = np.array([hit["distance"] for hit in answer["results"]])
+    np.testing.assert_allclose(got, np.sort(distances)[:5], rtol=1e-4, atol=1e-6)
+
+
+def test_hybrid_mode_reranks_the_hamming_shortlist(catalogue):
+    _, store, ids, codes, latents, _ = catalogue
+    row, k = 13, 5
+    answer = json_lines(ok("query", "--id", ids[row], "--mode", "hybrid", "-k", k, "--store", store, "--json"))[0]
+    check_answer_shape(answer, query=int(ids[row]), mode="hybrid")
+    shortlist = np.lexsort((ids, hamming_to_all(codes, codes[row])))[: max(10 * k, 100)]
+    distances = ((latents[shortlist] - latents[row]) ** 2).sum(axis=1)
+    want = brute_knn(ids[shortlist], distances, k, itself=ids[row])[0]
+    assert [hit["id"] for hit in answer["results"]] == want.tolist()
+    assert answer["results"][0]["distance"] == 0.0
+
+
+def test_id_query_finds_itself_first_among_many_ties(catalogue):
+    _, store, ids, codes, _, _ = catalogue
+    buckets = {}
+    for item_id, code in zip(ids.tolist(), codes):
+        buckets.setdefault(code.tobytes(), []).append(item_id)
+    bucket = max(buckets.values(), key=len)
+    assert len(bucket) >= 2, "no two items share a code"
+    last = max(bucket)  # ranks last among its ties by id
+    k = len(bucket) - 1
+    for mode in ("hamming", "hybrid"):
+        answer = json_lines(ok("query", "--id", last, "-k", k, "--mode", mode, "--store", store, "--json"))[0]
+        assert len(answer["results"]) == k
+        assert answer["results"][0]["id"] == last and answer["results"][0]["distance"] == 0
+    answer = json_lines(ok("query", "--id", last, "-k", k, "--radius", 0, "--store", store, "--json"))[0]
+    assert [hit["id"] for hit in answer["results"]] == [last, *sorted(bucket)[: k - 1]]
+
+
+def test_query_table_output_and_contact_sheet(catalogue, tmp_path):
+    folder, store, ids, _, _, paths = catalogue
+    image = folder / paths[int(ids[2])]
+    sheet = tmp_path / "sheet.png"
+    result = ok("query", image, "--id", ids[5], "-k", 3, "--store", store, "--sheet", sheet)
+    assert f"query {image} (hamming): 3 results" in result.stdout
+    assert f"query {int(ids[5])} (hamming): 3 results" in result.stdout
+    assert "contact sheet written to" in result.stdout
+    from PIL import Image
+
+    with Image.open(sheet) as drawn:
+        assert drawn.width > drawn.height > 0  # two rows of four tiles
+
+
+def test_labels_are_null_without_class_subfolders(indexed_flat_folder):
+    folder, store, _, _ = indexed_flat_folder
+    image = folder / "img_0000.png"
+    for mode in ("hamming", "latent", "hybrid"):
+        answer = json_lines(ok("query", image, "--mode", mode, "-k", 3, "--store", store, "--json"))[0]
+        assert len(answer["results"]) == 3
+        assert all(hit["label"] is None for hit in answer["results"])
+        found = {hit["path"]: hit["distance"] for hit in answer["results"]}
+        assert found["img_0000.png"] == pytest.approx(0, abs=1e-5)  # it is indexed: found at 0
+
+
+def test_store_from_environment(catalogue, tmp_path):
+    _, store, ids, _, _, _ = catalogue
+    answer = json_lines(ok("query", "--id", ids[0], "--json", env={"HASHAE_STORE": str(store)}))[0]
+    assert answer["results"][0]["id"] == int(ids[0])
+    assert_one_line_error(invoke("info", env={"HASHAE_STORE": str(tmp_path / "nowhere")}), "no hashae store")
+
+
+# ------------------------------------------------------------------------------- index and info
+def test_index_json_and_summary_line(library_copy):
+    folder, store = library_copy
+    summary = json_lines(ok("index", folder, "--store", store, "--json", "-q"))[0]
+    assert {"indexed", "unchanged", "removed", "skipped", "trained", "generation", "stages"} <= set(summary)
+    assert (summary["indexed"], summary["removed"], summary["trained"], summary["generation"]) == (0, 0, False, 2)
+    line = ok("index", folder, "--store", store, "-q").stdout.strip()
+    assert re.fullmatch(r"indexed 0, unchanged \d+, removed 0, skipped 0 in [\d.]+s \(generation 3\)", line), line
+    info = json_lines(ok("info", "--store", store, "--json"))[0]
+    assert (info["generation"], info["items"], info["skipped"], info["bits"]) == (3, summary["unchanged"], [], 32)
+    text = ok("info", "--store", store).stdout
+    assert f"items       {info['items']}" in text and "32 bits" in text
+
+
+# ------------------------------------------------------------------------------------- errors
+def test_one_line_errors(catalogue, tmp_path):
+    folder, store, ids, _, _, paths = catalogue
+    image = folder / paths[int(ids[0])]
+    text = tmp_path / "words.png"
+    text.write_text("not an image")
+    missing_store = tmp_path / "no-store"
+    assert_one_line_error(invoke("query", image, "--store", missing_store), "no hashae store")
+    assert_one_line_error(invoke("info", "--store", missing_store), "no hashae store")
+    assert not missing_store.exists()  # reading never creates a store
+    assert_one_line_error(invoke("query", tmp_path / "nope.png", "--store", store), "nope.png", "not found")
+    assert_one_line_error(invoke("query", text, "--store", store), "words.png", "not an image")
+    assert_one_line_error(invoke("query", "--id", 10**9, "--store", store), str(10**9))
+    assert_one_line_error(invoke("query", "--id", ids[0], "--radius", 2, "--mode", "latent", "--store", store), "--radius")
+    assert_one_line_error(invoke("query", "--id", ids[0], "--mode", "cosine", "--store", store), "cosine")
+    assert_one_line_error(invoke("query", "--id", ids[0], "--radius", 99, "--store", store), "radius")
+    assert_one_line_error(invoke("index", tmp_path / "no-folder", "--store", tmp_path / "s2", "-q"), "no-folder")
+    assert_one_line_error(invoke("generate", "--model", tmp_path / "no-model", "--out", tmp_path / "g.png"))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    assert_one_line_error(invoke("index", folder, "--store", a_file, "-q"), "a-file")
+    assert_one_line_error(invoke("query", "--id", ids[0], "--store", store, "--sheet", a_file / "s.png"), "a-file")
+
+
+def test_a_store_without_a_generation_is_a_clean_error(tmp_path):
+    Store.open(tmp_path / "store", create=True).close()
+    assert_one_line_error(invoke("query", "--id", 1, "--store", tmp_path / "store"), "hashae index")
+    info = json_lines(ok("info", "--store", tmp_path / "store", "--json"))[0]
+    assert (info["items"], info["generation"], info["skipped"]) == (0, 0, [])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["query"],  # neither an image nor --id
+        ["query", "--id", "x"],
+        ["query", "--id", "1", "-k", "0"],
+        ["query", "--id", "1", "--radius", "-1"],
+        ["query", "--bogus"],
+        ["index"],
+        ["index", "somewhere", "--bits", "4"],
+        ["info", "extra-argument"],
+        ["datasets", "export"],
+        ["no-such-command"],
+    ],
+)
+def test_usage_errors_exit_2(args):
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------- help and docs
+def all_commands() -> list[tuple[list[str], object]]:
+    """(path of names, click command) of every command and subcommand of the app."""
+    found = []
+
+    def walk(command, path):
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            found.append((path + [name], sub))
+            walk(sub, path + [name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_command_has_help():
+    top = ok("--help").stdout
+    commands = all_commands()
+    assert {"index", "query", "info", "train", "generate", "datasets"} <= {path[0] for path, _ in commands}
+    for path, command in commands:
+        if len(path) == 1:
+            assert path[0] in top
+        assert (command.help or command.short_help or "").strip(), f"hashae {' '.join(path)} has no help text"
+        result = ok(*path, "--help")
+        assert "Usage:" in result.stdout and "--help" in result.stdout
+
+
+def test_every_command_appears_in_the_readme():
+    readme = REPO / "README.md"
+    assert readme.is_file(), "README.md is missing"
+    text = readme.read_text()
+    missing = [" ".join(path) for path, _ in all_commands() if f"hashae {' '.join(path)}" not in text]
+    assert not missing, f"commands not documented in README.md: {missing}"
+
+
+# ---------------------------------------------------------------------------------- cold start
+def test_query_path_does_not_import_torch():
+    code = "import cli.main, cli.query, index.query, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_cold_query_does_not_import_torch(catalogue):
+    _, store, ids, _, _, _ = catalogue
+    code = (
+        "import sys; from cli.main import app\n"
+        "try:\n    app(sys.argv[1:])\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    args = ["query", "--id", str(ids[0]), "--store", str(store), "--json"]
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["results"][0]["id"] == int(ids[0])

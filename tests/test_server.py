@@ -1,0 +1,281 @@
+"""`hashae serve` over real HTTP on 127.0.0.1: every endpoint, bad and oversized uploads, the Host
+check, the token, unknown ids, and queries that keep succeeding while `hashae index` updates the
+store in another process."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from serving import Server, cli, copy_store, small_store, wait_for
+from typer.testing import CliRunner
+
+from cli.main import app
+from index.store import Store
+
+CLI_RESULT_KEYS = {"rank", "id", "path", "label", "distance"}
+UPLOAD_LIMIT_MB = 0.05  # the guarded server's body cap: 52,428 bytes
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return small_store(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    _, store_dir = store
+    with Server(store_dir, "--max-upload-mb", str(UPLOAD_LIMIT_MB)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def an_image(store) -> bytes:
+    images, _ = store
+    return sorted(images.rglob("*.png"))[0].read_bytes()
+
+
+def ids_of(client) -> list[int]:
+    return [item["id"] for item in client.get("/api/items", params={"limit": 200, "seed": 0}).json()["items"]]
+
+
+# -------------------------------------------------------------------------------- endpoints
+def test_health_and_stats(client):
+    health = client.get("/api/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    stats = client.get("/api/stats").json()
+    assert stats["items"] == 200 and stats["generation"] == health.json()["generation"] >= 1
+    assert stats["bits"] % 8 == 0 and stats["image_size"] == 28 and stats["channels"] == 1
+    assert sum(stats["labels"].values()) == 200
+    assert stats["models"]["hashing"]["kind"] == "hashing"
+    assert stats["modes"] == ["hamming", "latent", "hybrid"]
+
+
+def test_items_sample_and_metadata(client):
+    sample = client.get("/api/items", params={"limit": 7, "seed": 3}).json()
+    assert sample["total"] == 200 and len(sample["items"]) == 7
+    assert sample == client.get("/api/items", params={"limit": 7, "seed": 3}).json()  # seeded
+    label = sample["items"][0]["label"]
+    only = client.get("/api/items", params={"limit": 50, "label": label}).json()
+    assert only["items"] and {item["label"] for item in only["items"]} == {label}
+    item_id = sample["items"][0]["id"]
+    item = client.get(f"/api/items/{item_id}").json()
+    assert item["id"] == item_id and item["path"].endswith(".png") and set(item["code"]) <= {"0", "1"}
+
+
+def test_thumbnail_is_the_catalogued_picture(client, store):
+    images, _ = store
+    item = client.get("/api/items", params={"limit": 1, "seed": 1}).json()["items"][0]
+    response = client.get(f"/api/items/{item['id']}/thumbnail")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    picture = Image.open(io.BytesIO(response.content))
+    assert picture.size == (28, 28)
+    original = Image.open(images / item["path"]).convert("L")
+    assert (np.asarray(picture.convert("L")) == np.asarray(original)).all()
+    bigger = client.get(f"/api/items/{item['id']}/thumbnail", params={"size": 64})
+    assert Image.open(io.BytesIO(bigger.content)).size == (64, 64)
+    assert client.get(f"/api/items/{item['id']}/thumbnail", params={"size": 100000}).status_code == 400
+
+
+def test_query_by_id_is_the_cli_answer_plus_codes(client, store):
+    _, store_dir = store
+    item_id = ids_of(client)[5]
+    for params in ({"k": 7}, {"k": 5, "mode": "latent"}, {"k": 5, "mode": "hybrid"}, {"radius": 2, "k": 50}):
+        answer = client.get("/api/query", params={"id": item_id, **params}).json()
+        args = ["query", "--id", item_id, "--store", store_dir, "--json"]
+        for key, value in params.items():
+            args += [f"--{key}", value]
+        line = json.loads(CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False).stdout)
+        assert set(line) <= set(answer) and answer["generation"] >= 1
+        assert {k: answer[k] for k in line if k != "results"} == {k: v for k, v in line.items() if k != "results"}
+        assert [{k: r[k] for k in CLI_RESULT_KEYS} for r in answer["results"]] == line["results"]
+        for result in answer["results"]:
+            assert len(result["code"]) == len(answer["code"])
+            if answer["mode"] == "hamming":  # the distance is the number of differing bits
+                assert sum(a != b for a, b in zip(result["code"], answer["code"])) == result["distance"]
+    assert client.get("/api/query", params={"id": item_id}).json()["results"][0]["id"] == item_id
+
+
+def test_query_by_upload(client, an_image):
+    multipart = client.post("/api/query", params={"k": 4}, files={"image": ("shoe.png", an_image, "image/png")})
+    assert multipart.status_code == 200, multipart.text
+    answer = multipart.json()
+    assert answer["query"] == "shoe.png" and len(answer["results"]) == 4 and answer["results"][0]["distance"] == 0
+    raw = client.post("/api/query", params={"k": 4, "mode": "hybrid"}, content=an_image)
+    assert raw.status_code == 200 and raw.json()["mode"] == "hybrid"
+
+
+def test_openapi_describes_the_api(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/health", "/api/stats", "/api/items", "/api/items/{item_id}", "/api/items/{item_id}/thumbnail", "/api/query"):
+        assert path in paths
+    assert set(paths["/api/query"]) == {"get", "post"}
+
+
+def test_page_is_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "hashae" in page.text and "http://" not in page.text.replace("http://www.w3.org", "")  # no CDN
+
+
+# ------------------------------------------------------------------------------ bad requests
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("notes.txt", b"these are not pixels\n", "not an image"),
+        ("cut.png", None, "truncated"),
+        ("empty.png", b"", "empty"),
+    ],
+)
+def test_bad_uploads_get_400_with_the_reason(client, an_image, name, data, reason):
+    data = an_image[: len(an_image) // 2] if data is None else data
+    response = client.post("/api/query", files={"image": (name, data, "application/octet-stream")})
+    assert response.status_code == 400 and reason in response.json()["detail"], response.text
+
+
+def test_upload_without_the_image_field(client):
+    response = client.post("/api/query", files={"picture": ("a.png", b"x", "image/png")})
+    assert response.status_code == 400 and "'image'" in response.json()["detail"]
+
+
+def test_oversized_bodies_get_413(client):
+    big = b"\0" * int(UPLOAD_LIMIT_MB * 1024 * 1024 + 1000)
+    declared = client.post("/api/query", files={"image": ("big.png", big, "image/png")})
+    assert declared.status_code == 413 and "too large" in declared.json()["detail"]
+
+    def chunks():  # no Content-Length: the cap applies to the streamed body
+        for _ in range(100):
+            yield b"\0" * 4096
+
+    streamed = client.post("/api/query", content=chunks())
+    assert streamed.status_code == 413 and "too large" in streamed.json()["detail"]
+
+
+@pytest.mark.parametrize("host", ["evil.example.com", "attacker.test:80", "127.0.0.2"])
+def test_foreign_host_headers_are_refused(client, host):
+    response = client.get("/api/health", headers={"Host": host})
+    assert response.status_code == 421 and "--allow-host" in response.json()["detail"]
+
+
+def test_loopback_host_names_are_accepted(client, server):
+    port = server.url.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "LOCALHOST", f"[::1]:{port}"):
+        assert client.get("/api/health", headers={"Host": host}).status_code == 200
+
+
+def test_unknown_ids_get_404(client):
+    for path in ("/api/items/987654", "/api/items/987654/thumbnail", "/api/query?id=987654"):
+        response = client.get(path)
+        assert response.status_code == 404 and "987654" in response.json()["detail"], path
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [({"mode": "cosine"}, "unknown mode"), ({"k": 0}, "k"), ({"radius": 999}, "radius"), ({"radius": 1, "mode": "latent"}, "hamming"), ({"k": "many"}, "k")],
+)
+def test_bad_query_parameters_get_400(client, params, words):
+    item_id = ids_of(client)[0]
+    response = client.get("/api/query", params={"id": item_id, **params})
+    assert response.status_code == 400 and words in response.json()["detail"], response.text
+
+
+# ------------------------------------------------------------------------------------- token
+def test_token_is_required_when_configured(store):
+    _, store_dir = store
+    with Server(store_dir, "--token", "s3cret") as guarded, httpx.Client(base_url=guarded.url, timeout=30) as http:
+        assert "token required" in guarded.log()
+        assert http.get("/api/health").status_code == 200  # liveness stays open
+        for path in ("/api/stats", "/", "/openapi.json", "/api/items"):
+            assert http.get(path).status_code == 401, path
+        assert http.get("/api/stats", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert http.get("/api/stats", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert http.get("/api/stats", params={"token": "s3cret"}).status_code == 200
+
+
+def test_refuses_a_public_address_without_a_token(store):
+    _, store_dir = store
+    result = CliRunner().invoke(app, ["serve", "--store", str(store_dir), "--host", "0.0.0.0"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "--token" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_missing_store_is_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["serve", "--store", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "no hashae store" in result.stderr
+
+
+# -------------------------------------------------------------------- serving while indexing
+def test_queries_keep_succeeding_while_the_store_is_reindexed(store, tmp_path):
+    images, store_dir = copy_store(*store, tmp_path)
+    with Server(store_dir, "--refresh", "0.2") as running, httpx.Client(base_url=running.url, timeout=60) as http:
+        before = http.get("/api/health").json()["generation"]
+        ids = ids_of(http)
+        removed = sorted(images.rglob("*.png"))[:5]
+        removed_paths = {p.relative_to(images).as_posix() for p in removed}
+        keep = [i for i in ids if http.get(f"/api/items/{i}").json()["path"] not in removed_paths]
+        cli("datasets", "export", "fashion-mnist", images, "--limit", 260, "-q")  # 60 new images
+        for path in removed:
+            path.unlink()
+
+        statuses: list[int] = []
+        errors: list[str] = []
+        answers: list[tuple[int, set[int]]] = []  # (generation, result ids) in the order answered
+        stop = threading.Event()
+
+        def fire() -> None:
+            rng = random.Random(0)
+            while not stop.is_set():
+                mode = rng.choice(["hamming", "latent", "hybrid"])
+                response = http.get("/api/query", params={"id": rng.choice(keep), "k": 10, "mode": mode})
+                statuses.append(response.status_code)
+                if response.status_code != 200:
+                    errors.append(response.text)
+                else:
+                    answer = response.json()
+                    answers.append((answer["generation"], {r["id"] for r in answer["results"]}))
+
+        shooter = threading.Thread(target=fire)
+        shooter.start()
+        try:
+            run = subprocess.run(
+                [sys.executable, "-m", "cli.main", "index", str(images), "--store", str(store_dir), "-q"],
+                capture_output=True, text=True, timeout=600,
+            )
+            moved = wait_for(lambda: http.get("/api/health").json()["generation"] > before, timeout=30)
+            time.sleep(0.5)  # a few more queries on the new generation
+        finally:
+            stop.set()
+            shooter.join()
+        assert run.returncode == 0, run.stderr
+        assert moved, running.log()
+        assert len(statuses) >= 10 and not errors, errors[:3]
+        stats = http.get("/api/stats").json()
+        assert stats["items"] == 255 and stats["refreshes"] >= 1
+        with Store.open(store_dir) as opened:
+            snapshot = opened.snapshot()
+            after, final_ids = snapshot.gen, set(snapshot.latent.ids().tolist())
+            new_id = max(final_ids)
+        # every answer came whole from one generation: the old one's items, or the new one's
+        generations = [gen for gen, _ in answers]
+        assert generations == sorted(generations) and set(generations) <= {before, after}
+        for gen, found in answers:
+            assert found <= (set(ids) if gen == before else final_ids)
+        assert generations[-1] == after
+        assert new_id > max(ids) and http.get("/api/query", params={"id": new_id}).status_code == 200
+        gone = sorted(set(ids) - set(keep))[0]
+        assert http.get(f"/api/items/{gone}").status_code == 404

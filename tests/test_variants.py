@@ -1,0 +1,319 @@
+"""One contract for every registered variant, the registry, and the one trainer.
+
+The contract test is parametrised over variants.known_kinds() (so a newly registered kind is held to
+it automatically) and over the conv architecture where it makes sense. What is special in each
+variant (PCA, KL, Jacobian, saturation, sparsity, denoising) is checked in test_seed_claims.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hashae import checkpoint, trainer, variants
+from hashae.codes import pack_bits
+from hashae.errors import ConfigError, HashaeError, TrainingError
+from hashae.inference import InferenceEncoder
+from hashae.trainer import TrainConfig
+
+CODE_SIZE = 16
+CPU = torch.device("cpu")
+# The conv body where it makes sense: a linear autoencoder has no conv form (a conv body is not
+# linear), and the contractive penalty's autograd Jacobian of a conv encoder is too slow for the
+# default run (that path is checked against torch.autograd in test_seed_claims.py).
+CONV_EXCLUDED = {"linear", "contractive"}
+CASES = [(kind, "mlp") for kind in variants.known_kinds()] + [
+    (kind, "conv") for kind in variants.known_kinds() if kind not in CONV_EXCLUDED
+]
+
+
+def small_fields(kind: str, arch: str) -> dict:
+    """Small nets on 28x28 images. Linear and contractive keep their default hidden=() for the MLP
+    (the contractive closed form)."""
+    fields = {"code_size": CODE_SIZE, "arch": arch}
+    if arch == "conv":
+        fields.update(hidden=(4, 8), dense=32)
+    elif kind not in ("linear", "contractive"):
+        fields.update(hidden=(32,))
+    return fields
+
+
+@dataclass
+class Trained:
+    model: variants.Autoencoder
+    loss_before: float
+    loss_after: float
+    history: trainer.History
+    held_out: np.ndarray
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{k}-{a}" for k, a in CASES])
+def case(request) -> tuple[str, str]:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def trained(case, fashion, build_model, fit_model) -> Trained:
+    """The case's model trained briefly (16 steps on 256 images), then calibrated; shared below."""
+    kind, arch = case
+    train_x, held_out = fashion[0][:256], fashion[1][:128]
+    model = build_model(kind, **small_fields(kind, arch))
+    model.fit_normalisation(train_x)
+    before = trainer.evaluate(model, torch.from_numpy(held_out), device=CPU)
+    history = fit_model(model, train_x, epochs=2, batch_size=32, lr=1e-2)
+    after = trainer.evaluate(model, torch.from_numpy(held_out), device=CPU)
+    model.calibrate(torch.from_numpy(train_x))
+    return Trained(model, before, after, history, held_out)
+
+
+# ----------------------------------------------------------------------------------------------
+# the contract
+
+
+def test_forward_contract(case, fashion, build_model) -> None:
+    kind, arch = case
+    model = build_model(kind, **small_fields(kind, arch))
+    model.fit_normalisation(fashion[0])
+    x = torch.from_numpy(fashion[0][:8])
+    for training in (True, False):
+        model.train(training)
+        out = model(x, progress=0.5)
+        assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+        assert "reconstruction" in out.terms
+        assert all(isinstance(name, str) and term.ndim == 0 for name, term in out.terms.items())
+        assert torch.allclose(out.loss, sum(out.terms.values()))
+        assert out.code.shape == (8, CODE_SIZE)
+        assert out.reconstruction.shape == x.shape
+    assert model.embed(x).shape == (8, CODE_SIZE)
+    assert model.bits(x).shape == (8, CODE_SIZE) and model.bits(x).dtype == torch.bool
+    assert model.decode(model.embed(x)).shape == x.shape
+
+
+def test_one_optimiser_step_changes_every_parameter(case, fashion, build_model) -> None:
+    kind, arch = case
+    model = build_model(kind, **small_fields(kind, arch))
+    model.fit_normalisation(fashion[0])
+    before = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    model(torch.from_numpy(fashion[0][:64]), progress=0.5).loss.backward()
+    optimizer.step()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+        assert not torch.equal(param.detach(), before[name]), f"{name} did not move"
+    for name, buffer in model.named_buffers():  # fitted statistics are not trained
+        assert torch.equal(buffer, before[name]), name
+
+
+def test_loss_falls_over_a_short_run(trained: Trained) -> None:
+    assert trained.loss_after < 0.99 * trained.loss_before, (trained.loss_before, trained.loss_after)
+    assert len(trained.history.epochs) == 2
+    assert not trained.model.training
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(trained: Trained, tmp_path: Path) -> None:
+    model, x = trained.model, torch.from_numpy(trained.held_out)
+    loaded = checkpoint.load(checkpoint.save(model, tmp_path / "ckpt"))
+    assert type(loaded) is type(model) and loaded.config == model.config
+    assert torch.equal(loaded.embed(x), model.embed(x))
+    assert torch.equal(loaded.bits(x), model.bits(x))
+    codes = model.embed(x)
+    assert torch.equal(loaded.decode(codes), model.decode(codes))
+    assert torch.equal(loaded.sample(4, calibrated=True, seed=3), model.sample(4, calibrated=True, seed=3))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_numpy_encoder_matches_the_torch_model(trained: Trained, tmp_path: Path) -> None:
+    model, x = trained.model, trained.held_out
+    encoder = InferenceEncoder.load(checkpoint.save(model, tmp_path / "ckpt"))
+    torch_embedding = model.embed(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(encoder.embed(x), torch_embedding, atol=1e-5, rtol=1e-5)
+    assert encoder.embed(x).dtype == np.float32
+    codes, embedding = encoder.encode(x)
+    np.testing.assert_array_equal(codes, encoder.codes(x))
+    np.testing.assert_array_equal(embedding, encoder.embed(x))
+    torch_bits = model.bits(torch.from_numpy(x)).numpy()
+    assert codes.dtype == np.uint8 and codes.shape == (len(x), CODE_SIZE // 8)
+    if model.binary_codes:  # the product's hash codes: identical, bit for bit
+        np.testing.assert_array_equal(codes, pack_bits(torch_bits))
+    else:  # median thresholds: only a value within float error of its threshold may fall either side
+        values = model.bit_values(torch.from_numpy(x)).numpy()
+        mismatch = np.unpackbits(codes, axis=1).astype(bool) != torch_bits
+        gap = np.abs(values - model.bit_threshold.numpy())
+        assert (gap[mismatch] <= 1e-4).all(), f"{mismatch.sum()} bits differ away from their threshold"
+
+
+def test_numpy_encoder_refuses_inputs_of_the_wrong_shape(tmp_path: Path, build_model) -> None:
+    model = build_model("hashing", code_size=8, hidden=(16,))
+    encoder = InferenceEncoder.load(checkpoint.save(model, tmp_path / "ckpt"))
+    with pytest.raises(HashaeError, match="input shape"):  # a named error, not a numpy traceback
+        encoder.codes(np.zeros((2, 28, 28), np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# configs and the registry
+
+
+def test_registry_holds_every_seed_variant() -> None:
+    seed = {"linear", "undercomplete", "denoising", "sparse", "contractive", "vae", "hashing"}
+    assert seed <= set(variants.known_kinds())
+    for kind in variants.known_kinds():
+        config_class, model_class = variants.lookup(kind)
+        assert config_class.kind == kind and model_class.config_class is config_class
+
+
+@pytest.mark.parametrize("kind", variants.known_kinds())
+def test_config_round_trips_through_json_dict(kind: str) -> None:
+    config = variants.make_config(kind, code_size=24, hidden=(12,), corruption={"kind": "gaussian", "strength": 0.3})
+    data = json.loads(json.dumps(config.to_dict()))
+    assert data["kind"] == kind
+    assert variants.make_config(kind, **{k: v for k, v in data.items() if k != "kind"}) == config
+
+
+def test_unknown_kind_names_every_known_kind() -> None:
+    with pytest.raises(ConfigError) as caught:
+        variants.make_config("mystery")
+    message = str(caught.value)
+    assert "mystery" in message
+    for kind in variants.known_kinds():
+        assert kind in message
+    with pytest.raises(ConfigError, match="known kinds"):
+        variants.lookup("mystery")
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "words"),
+    [
+        ("undercomplete", {"colour": "blue"}, "colour"),
+        ("undercomplete", {"arch": "transformer"}, "arch"),
+        ("undercomplete", {"recon_loss": "l7"}, "recon_loss"),
+        ("undercomplete", {"code_size": 0}, "positive"),
+        ("hashing", {"code_size": 12}, "multiple of 8"),
+        ("hashing", {"noise_ramp": 0.0}, "noise_ramp"),
+        ("denoising", {"corruption": {"kind": "blur", "strength": 0.1}}, "corruption"),
+        ("denoising", {"corruption": {"kind": "mask", "strength": 1.5}}, "out of range"),
+        ("undercomplete", {"arch": "conv", "input_shape": (20,)}, "image input"),
+        ("undercomplete", {"arch": "conv", "input_shape": (1, 30, 30), "hidden": (4, 8)}, "divisible"),
+    ],
+)
+def test_bad_configs_raise_config_error(kind: str, fields: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        variants.create(variants.make_config(kind, **fields))
+
+
+def test_bce_model_refuses_inputs_outside_unit_interval(build_model) -> None:
+    model = build_model("undercomplete", input_shape=(4,), hidden=(8,), code_size=2)
+    with pytest.raises(ConfigError, match="recon_loss=mse"):
+        model.fit_normalisation(np.array([[0.0, 0.5, 1.0, 2.0]], np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainer
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_loss_stops_training_with_a_clear_message(bad: float, fashion, build_model) -> None:
+    x = fashion[0][:128].copy()
+    x[5, 0, 3, 3] = bad
+    model = build_model("undercomplete", hidden=(16,), code_size=8)
+    with pytest.raises(TrainingError) as caught:
+        trainer.train(model, x, TrainConfig(epochs=1, batch_size=32, seed=0), show_progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and "epoch 1" in message and "learning rate" in message
+    assert "nan" in message.lower()
+
+
+def test_too_few_items_raise_training_error(build_model) -> None:
+    model = build_model("undercomplete", input_shape=(4,), hidden=(8,), code_size=2)
+    with pytest.raises(TrainingError, match="at least 2"):
+        trainer.train(model, np.zeros((1, 4), np.float32), show_progress=False)
+
+
+def test_seed_makes_runs_identical_and_another_seed_differs(fashion, build_model, fit_model) -> None:
+    """Same seed: same split, batch order, corruption and noise, so the same weights, bit for bit."""
+    x = fashion[0][:128]
+
+    def run(seed: int):
+        model = build_model("hashing", seed=seed, code_size=8, hidden=(16,))
+        history = fit_model(model, x, epochs=2, batch_size=32, seed=seed, val_fraction=0.25)
+        return model, history
+
+    (a, history_a), (b, history_b), (c, history_c) = run(0), run(0), run(1)
+    assert history_a.epochs == history_b.epochs
+    for name, tensor in a.state_dict().items():
+        assert torch.equal(tensor, b.state_dict()[name]), name
+    assert history_a.epochs != history_c.epochs
+    assert not torch.equal(a.encoder[0].weight, c.encoder[0].weight)
+
+
+def test_history_has_named_terms_per_epoch(fashion, build_model, fit_model) -> None:
+    model = build_model("sparse", hidden=(16,), code_size=8, sparsity=0.5)
+    history = fit_model(model, fashion[0][:128], epochs=3, batch_size=32, val_fraction=0.25)
+    assert len(history.epochs) == 3 and history.best_epoch == 2 and not history.stopped_early
+    assert history.final == history.epochs[-1] and history.seconds > 0
+    for record in history.epochs:
+        assert set(record) == {"loss", "reconstruction", "sparsity", "val_loss"}
+        assert record["loss"] == pytest.approx(record["reconstruction"] + record["sparsity"], rel=1e-5)
+        assert all(math.isfinite(v) for v in record.values())
+
+
+def test_early_stopping_stops_and_restores_the_best_weights(build_model) -> None:
+    """Random vectors have nothing to learn beyond their mean, so the held-out loss soon stops
+    improving (here after ~40 epochs of 300): training must stop `patience` epochs after the best
+    one and hand back that epoch's weights, not the last ones."""
+    x = np.random.default_rng(0).random((64, 16), dtype=np.float32)
+    model = build_model("undercomplete", input_shape=(16,), hidden=(128,), code_size=16)
+    snapshots: list[dict[str, torch.Tensor]] = []
+    config = TrainConfig(epochs=300, batch_size=32, lr=1e-2, schedule="constant", val_fraction=0.5, patience=5)
+    history = trainer.train(
+        model, x, config, show_progress=False, on_epoch=lambda epoch, record: snapshots.append(copy.deepcopy(model.state_dict()))
+    )
+    val = [record["val_loss"] for record in history.epochs]
+    assert history.stopped_early and len(val) < config.epochs
+    assert history.best_epoch == int(np.argmin(val))
+    assert len(val) == history.best_epoch + 1 + config.patience
+    assert min(val[history.best_epoch + 1 :]) >= val[history.best_epoch]
+    best = snapshots[history.best_epoch]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, best[name]), name
+    assert not torch.equal(model.encoder[0].weight, snapshots[-1]["encoder.0.weight"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"optimizer": "adagrad"}, "unknown optimizer 'adagrad'; known: adam"),
+        ({"schedule": "step"}, "unknown schedule 'step'; known: onecycle"),
+        ({"epochs": 0}, "positive"),
+        ({"lr": -1.0}, "positive"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+    ],
+)
+def test_bad_train_configs_raise_config_error(fields: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        TrainConfig(**fields)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
+def test_every_optimizer_and_schedule_trains(optimizer: str, schedule: str, build_model) -> None:
+    x = np.random.default_rng(0).random((64, 8), dtype=np.float32)
+    model = build_model("undercomplete", input_shape=(8,), hidden=(8,), code_size=4)
+    config = TrainConfig(epochs=2, batch_size=16, lr=1e-2, optimizer=optimizer, schedule=schedule, val_fraction=0)
+    history = trainer.train(model, x, config, show_progress=False)
+    assert len(history.epochs) == 2 and all(math.isfinite(r["loss"]) for r in history.epochs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_asking_for_cuda_without_one_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        trainer.resolve_device("cuda")
+    assert trainer.resolve_device("auto") == CPU
