@@ -31,7 +31,7 @@ def query(
     if not images and not ids:
         raise fail("give at least one image file or --id", 2)
     with Store.open(store_path(store)) as opened:
-        engine = QueryEngine(opened)
+        engine = QueryEngine(opened, hamming_strategy="scan")  # one-shot process: see QueryEngine
         answers = [engine.query_image(path, label=str(path), mode=mode, k=k, radius=radius) for path in images or []]
         answers += [engine.query_id(item_id, mode=mode, k=k, radius=radius) for item_id in ids]
         for answer in answers:

@@ -50,7 +50,9 @@ class Answer:
 class QueryEngine:
     """Searches over the newest committed generation of a store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, hamming_strategy: str = "auto") -> None:
+        """hamming_strategy: "auto" for long-lived processes (probe when it pays), "scan" for one-shot
+        ones: a cold process pays ~1 s to load the probing kernels, a scan of 1M codes ~1 ms."""
         import faiss
 
         # Queries come one (or a few) at a time: FAISS's OpenMP threads only add start-up and, on a
@@ -58,6 +60,7 @@ class QueryEngine:
         # setting is per thread: multi-threaded callers set it in each thread (see index.server).
         faiss.omp_set_num_threads(1)
         self.store = store
+        self.hamming_strategy = hamming_strategy
         self._load(store.snapshot())
 
     def _load(self, snapshot: Snapshot) -> None:
@@ -65,6 +68,7 @@ class QueryEngine:
         if hashing is None or latent is None:
             raise QueryError(f"the store at {self.store.root} has no trained models; run `hashae index FOLDER`")
         encoders = (InferenceEncoder.load(self.store.model_dir(hashing)), InferenceEncoder.load(self.store.model_dir(latent)))
+        snapshot.hamming_strategy = self.hamming_strategy
         self.snapshot, (self.hashing, self.latent) = snapshot, encoders
 
     @property

@@ -425,6 +425,9 @@ class Snapshot:
         self.hamming = hamming
         self.latent = latent
         self.rebuilt_because = rebuilt_because  # why the files were rebuilt from SQLite, or None
+        # "auto" probes the multi-index tables when that beats a scan; a short-lived process (a CLI
+        # query) sets "scan": loading the compiled probing kernels costs more than scanning millions.
+        self.hamming_strategy = "auto"
 
     @property
     def gen(self) -> int:
@@ -471,7 +474,7 @@ class Snapshot:
     def search_hamming(self, codes: np.ndarray, *, k: int) -> Results:
         """Exact Hamming k-NN of packed uint8 codes (nq, bits/8); distances in bits."""
         _check_k(k)
-        return _hits_per_query(*self.hamming.search(codes, k=k), as_type=int)
+        return _hits_per_query(*self.hamming.search(codes, k=k, strategy=self.hamming_strategy), as_type=int)
 
     def range_hamming(self, codes: np.ndarray, *, radius: int) -> Results:
         """Every item within Hamming distance <= radius of each code."""
@@ -479,7 +482,7 @@ class Snapshot:
             raise QueryError(f"radius must be a non-negative integer, got {radius!r}")
         return [
             _hits(distances, ids, as_type=int)
-            for distances, ids in self.hamming.range_search(codes, radius=radius)
+            for distances, ids in self.hamming.range_search(codes, radius=radius, strategy=self.hamming_strategy)
         ]
 
     def search_latent(self, latents: np.ndarray, *, k: int) -> Results:
@@ -500,7 +503,7 @@ class Snapshot:
         if size < k:
             raise QueryError(f"the shortlist ({size}) must be at least k ({k})")
         latents = check_latents(latents, dim=self.latent.dim, what="latent queries")
-        _, candidates = self.hamming.search(codes, k=size)
+        _, candidates = self.hamming.search(codes, k=size, strategy=self.hamming_strategy)
         if len(candidates) != len(latents):
             raise QueryError(
                 f"got {len(candidates)} codes but {len(latents)} latents; give one of each per query"
