@@ -41,9 +41,14 @@ def save(model: Autoencoder, directory: Path, *, info: dict[str, Any] | None = N
         (tmp / CONFIG_FILE).write_text(json.dumps(document, indent=2))
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             _fsync(tmp / name)
-        if directory.exists():
-            shutil.rmtree(directory)
+        old = None
+        if directory.exists():  # moved aside, not deleted, until the new folder is in place
+            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+            os.replace(directory, old)
         os.replace(tmp, directory)
+        _fsync_folder(directory.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -79,6 +84,14 @@ def load(directory: Path, *, device: str = "cpu") -> Autoencoder:
         raise CheckpointError(f"{weights_path}: tensor shapes do not match the config ({str(error).splitlines()[-1].strip()})") from None
     model.eval()
     return model
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync(path: Path) -> None:

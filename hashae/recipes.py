@@ -20,7 +20,7 @@ from hashae.trainer import History, TrainConfig, train
 from hashae.variants import AEConfig, Autoencoder, create, make_config
 
 # A training budget in optimiser steps: small folders get more epochs, large ones fewer.
-DEFAULT_STEPS = 6000
+DEFAULT_STEPS = 3500
 MIN_EPOCHS, MAX_EPOCHS = 8, 200
 # Label-free neighbour pairs for models that use them: k nearest items in PCA space of this many dims.
 NEIGHBOURS_K, NEIGHBOURS_DIMS = 10, 64
@@ -32,10 +32,27 @@ def default_epochs(n_items: int, *, batch_size: int = TrainConfig.batch_size) ->
     return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(DEFAULT_STEPS / steps_per_epoch))))
 
 
+# The product's hashing recipe (benchmarks/tune_hashing.py, Fashion-MNIST, see the table in its
+# report): hard 0/1 codes from the first step (straight-through gradient) on batch-standardised code
+# units, so no bit saturates and dies and bits stay balanced, instead of the seed's noise ramp (which
+# collapsed to near-constant codes within a short budget), plus a contrastive term that makes each
+# item's code agree with that of one of its label-free PCA neighbours against the rest of the batch.
+HASHING_DEFAULTS: dict[str, Any] = {
+    "noise_max": 0.0,
+    "hard_phase": 1.0,
+    "code_norm": True,
+    "consistency": 50.0,
+    "consistency_kind": "infonce",
+    "temperature": 0.3,
+}
+
+
 def default_config(kind: str, *, input_shape: tuple[int, ...], code_size: int, **overrides: Any) -> AEConfig:
     """The product's default config of a kind for data of this shape. Vectors (1-D inputs) get MSE
-    on standardised features; images keep BCE on [0, 1] pixels."""
+    on standardised features; images keep BCE on [0, 1] pixels. Hashing gets HASHING_DEFAULTS."""
     fields: dict[str, Any] = {"input_shape": tuple(input_shape), "code_size": code_size}
+    if kind == "hashing":
+        fields.update(HASHING_DEFAULTS)
     if len(input_shape) == 1:
         fields["recon_loss"] = "mse"
         if kind in ("hashing", "denoising"):
@@ -76,6 +93,7 @@ def fit(
 
     A model that uses neighbour pairs gets them computed here without labels (hashae.neighbours,
     PCA + exact k-NN, counted in the history's seconds) unless `pairs` is given."""
+    torch.manual_seed(train_config.seed)  # the initial weights too: same seed, same model
     model = create(config)
     model.fit_normalisation(x)
     extra_seconds = 0.0
@@ -98,7 +116,8 @@ def measure_codes(model: Autoencoder, inputs: torch.Tensor, *, limit: int = 1000
     sample = inputs[:limit]
     with torch.no_grad():
         z = torch.cat([model.encode_pre(model.normalise(chunk)) for chunk in sample.split(1024)])
-    return code_stats(torch.sigmoid(z[:, : model.config.code_size]).numpy())
+    # centred on the calibrated thresholds, so the stats' bits (activation > 0.5) are the model's bits
+    return code_stats(torch.sigmoid(z[:, : model.config.code_size] - model.bit_threshold).numpy())
 
 
 def with_epochs(train_config: TrainConfig, epochs: int | None, n_items: int) -> TrainConfig:

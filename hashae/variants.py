@@ -5,6 +5,9 @@ is shared (`Autoencoder.forward`); a variant changes it only through three small
 
     latent(z, progress)      how the code h is made from the encoder output z (noise, sampling)
     penalties(x_in, z, h)    extra named loss terms (sparsity, contraction, KL, bit balance, ...)
+    pair_penalties(z, z', p) terms tying an item's encoder output to a neighbour's (only when
+                             `uses_pairs`; the trainer may pass every forward a `paired` batch of
+                             label-free neighbours, and variants without use for it ignore it)
     class attributes         code activation, how many outputs the encoder has per code unit
 
 Input corruption (denoising) is a config field of every variant, applied before the encoder with the

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from conftest import store_state
+from conftest import index_quietly, store_state
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -164,13 +164,15 @@ def test_hybrid_mode_reranks_the_hamming_shortlist(catalogue):
     assert answer["results"][0]["distance"] == 0.0
 
 
-def test_id_query_finds_itself_first_among_many_ties(catalogue):
-    _, store, ids, codes, _, _ = catalogue
-    buckets = {}
-    for item_id, code in zip(ids.tolist(), codes):
-        buckets.setdefault(code.tobytes(), []).append(item_id)
-    bucket = max(buckets.values(), key=len)
-    assert len(bucket) >= 2, "no two items share a code"
+def test_id_query_finds_itself_first_among_many_ties(library_copy):
+    folder, store = library_copy
+    original = sorted(folder.glob("Bag/*.png"))[0]
+    for i in range(4):  # identical files: identical codes, a guaranteed tie at distance 0
+        (folder / "Bag" / f"zz_copy_{i}.png").write_bytes(original.read_bytes())
+    index_quietly(store, folder)
+    state = store_state(store)
+    bucket = sorted(item_id for item_id, code, _ in state.values() if code == state[f"Bag/{original.name}"][1])
+    assert len(bucket) >= 5
     last = max(bucket)  # ranks last among its ties by id
     k = len(bucket) - 1
     for mode in ("hamming", "hybrid"):
@@ -178,7 +180,7 @@ def test_id_query_finds_itself_first_among_many_ties(catalogue):
         assert len(answer["results"]) == k
         assert answer["results"][0]["id"] == last and answer["results"][0]["distance"] == 0
     answer = json_lines(ok("query", "--id", last, "-k", k, "--radius", 0, "--store", store, "--json"))[0]
-    assert [hit["id"] for hit in answer["results"]] == [last, *sorted(bucket)[: k - 1]]
+    assert [hit["id"] for hit in answer["results"]] == [last, *bucket[: k - 1]]
 
 
 def test_query_table_output_and_contact_sheet(catalogue, tmp_path):
