@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from hashae.durable import fsync_file, fsync_folder
 from hashae.errors import CheckpointError, ConfigError
 from hashae.inference import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, read_config
 from hashae.variants import Autoencoder, create, lookup
@@ -40,13 +41,13 @@ def save(model: Autoencoder, directory: Path, *, info: dict[str, Any] | None = N
         save_file(state, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(document, indent=2))
         for name in (WEIGHTS_FILE, CONFIG_FILE):
-            _fsync(tmp / name)
+            fsync_file(tmp / name)
         old = None
         if directory.exists():  # moved aside, not deleted, until the new folder is in place
             old = directory.parent / f".{directory.name}.old-{os.getpid()}"
             os.replace(directory, old)
         os.replace(tmp, directory)
-        _fsync_folder(directory.parent)
+        fsync_folder(directory.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -84,16 +85,3 @@ def load(directory: Path, *, device: str = "cpu") -> Autoencoder:
         raise CheckpointError(f"{weights_path}: tensor shapes do not match the config ({str(error).splitlines()[-1].strip()})") from None
     model.eval()
     return model
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())

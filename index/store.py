@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from hashae.codes import check_codes, check_nbits
+from hashae.durable import fsync_folder, write_synced
 from hashae.errors import HashaeError
 from index.catalogue import (
     Catalogue,
@@ -375,11 +376,11 @@ class Writer:
             LATENT_FILE.format(gen=self.gen): latent.to_bytes(),
         }
         for name, data in contents.items():
-            _write_synced(folder / (name + TEMP_SUFFIX), data)
+            write_synced(folder / (name + TEMP_SUFFIX), data)
         self._at("temp_files_written")
         for name in contents:
             os.replace(folder / (name + TEMP_SUFFIX), folder / name)
-        _fsync_folder(folder)
+        fsync_folder(folder)
         self._at("files_renamed")
         (hamming_file, hamming_bytes), (latent_file, latent_bytes) = contents.items()
         return {
@@ -599,21 +600,6 @@ def _add_rows(
     if len(ids):
         hamming.add(codes, ids)
         latent.add(latents, ids)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _digest(data: bytes) -> str:
