@@ -38,6 +38,7 @@ def default_epochs(n_items: int, *, batch_size: int = TrainConfig.batch_size) ->
 # collapsed to near-constant codes within a short budget), plus a contrastive term that makes each
 # item's code agree with that of one of its label-free PCA neighbours against the rest of the batch.
 HASHING_DEFAULTS: dict[str, Any] = {
+    "hidden": (1024,),  # one wide hidden layer: 0.7205 mAP@1000 at 32 bits vs 0.7153 for (512, 256), +30% time
     "noise_max": 0.0,
     "hard_phase": 1.0,
     "code_norm": True,

@@ -544,7 +544,7 @@ class HashingAutoencoder(Autoencoder):
             return (z > self.bit_threshold).to(z.dtype)  # the decoder sees the hard code at inference
         z = self.standardise(z)
         soft = torch.sigmoid(z + self.noise_std(progress) * torch.randn_like(z))
-        if progress >= 1.0 - self.config.hard_phase:
+        if self.config.hard_phase and progress >= 1.0 - self.config.hard_phase:
             return soft + ((z > 0).to(z.dtype) - soft).detach()  # hard code, straight-through gradient
         return soft
 
