@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +31,6 @@ from hashae.progress import progress_bar
 from index.store import LiveItem, NewItem, Store, Writer
 
 ENCODE_BATCH = 1024
-DECODE_THREADS = 4
 MAX_TRAIN_ITEMS = 100_000  # training sample cap for very large folders; the rest is only encoded
 
 
@@ -226,20 +224,17 @@ def _read_and_decode(root: Path, image: ImageFile, settings: dict[str, Any]) -> 
 
 
 def _encode_and_store(root: Path, to_add, models: StoreModels, writer: Writer, summary: IndexSummary, show_progress: bool) -> None:
-    """Decode, encode and add the files in batches: one catalogue transaction per batch.
-
-    Files are read and decoded by a small thread pool (Pillow and file reads release the GIL), so
-    decoding the next files overlaps with encoding and storing."""
+    """Decode, encode and add the files in batches: one catalogue transaction per batch."""
     settings = models.settings()
-    with progress_bar("encoding", total=len(to_add), enabled=show_progress and bool(to_add)) as bar, ThreadPoolExecutor(DECODE_THREADS) as pool:
+    with progress_bar("encoding", total=len(to_add), enabled=show_progress and bool(to_add)) as bar:
         for start in range(0, len(to_add), ENCODE_BATCH):
-            batch_files = to_add[start : start + ENCODE_BATCH]
             rows, pixels, skipped = [], [], []
-            for (image, stat), decoded in zip(batch_files, pool.map(lambda item: _try_decode(root, item[0], settings), batch_files)):
-                if isinstance(decoded, Exception):
-                    skipped.append((image.relpath, _reason(decoded), stat.st_size, stat.st_mtime_ns))
+            for image, stat in to_add[start : start + ENCODE_BATCH]:
+                try:
+                    data, array = _read_and_decode(root, image, settings)
+                except (DataError, OSError) as error:
+                    skipped.append((image.relpath, _reason(error), stat.st_size, stat.st_mtime_ns))
                     continue
-                data, array = decoded
                 rows.append(NewItem(image.relpath, stat.st_size, stat.st_mtime_ns, content_hash(data), image.label))
                 pixels.append(array)
             if rows:
@@ -251,14 +246,6 @@ def _encode_and_store(root: Path, to_add, models: StoreModels, writer: Writer, s
                 writer.record_skipped(skipped)
             summary.indexed += len(rows)
             bar.advance(n=len(rows) + len(skipped))
-
-
-def _try_decode(root: Path, image: ImageFile, settings: dict[str, Any]) -> tuple[bytes, np.ndarray] | Exception:
-    """The file's bytes and pixels, or the error that makes it unusable (recorded as a skip)."""
-    try:
-        return _read_and_decode(root, image, settings)
-    except (DataError, OSError) as error:
-        return error
 
 
 def _reason(error: Exception) -> str:
