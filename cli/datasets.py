@@ -32,5 +32,5 @@ def export(
         raise fail(f"unknown split {split!r}; use train or test")
     total = limit or (60000 if split == "train" else 10000)
     with progress_bar("exporting", total=total, enabled=not quiet) as bar:
-        count = export_fashion_mnist(out_dir, split=split, limit=limit, progress=bar.advance)
+        count = export_fashion_mnist(out_dir, split=split, limit=limit, progress=lambda n: bar.advance(n=n))
     typer.echo(f"exported {count} {name} {split} images to {out_dir}")
