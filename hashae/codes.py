@@ -12,9 +12,6 @@ import numpy as np
 
 from hashae.errors import CodeError
 
-# popcount of every byte value, for vectorised Hamming distances in numpy
-POPCOUNT_TABLE = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
 
 def check_nbits(nbits: int) -> int:
     """Return nbits if it is a positive multiple of 8, else raise CodeError."""

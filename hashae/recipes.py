@@ -121,9 +121,10 @@ def measure_codes(model: Autoencoder, inputs: torch.Tensor, *, limit: int = 1000
     return code_stats(torch.sigmoid(z[:, : model.config.code_size] - model.bit_threshold).numpy())
 
 
-def with_epochs(train_config: TrainConfig, epochs: int | None, n_items: int) -> TrainConfig:
-    """train_config with the given epochs, or the size-scaled default when None."""
-    return replace(train_config, epochs=epochs or default_epochs(n_items, batch_size=train_config.batch_size))
+def with_epochs(train_config: TrainConfig, epochs: int | None, n_items: int, *, scale: float = 1.0) -> TrainConfig:
+    """train_config with the given epochs, or the size-scaled default (times `scale`) when None."""
+    default = max(1, round(default_epochs(n_items, batch_size=train_config.batch_size) * scale))
+    return replace(train_config, epochs=epochs or default)
 
 
 # The store's two models: the hashing autoencoder (binary codes) and the VAE (float latent).
@@ -149,9 +150,8 @@ def fit_default(
     if quality not in QUALITY_STEPS:
         raise ConfigError(f"unknown quality {quality!r}; known: {', '.join(QUALITY_STEPS)}")
     config = default_config(kind, input_shape=tuple(x.shape[1:]), code_size=code_size)
-    base = TrainConfig(seed=seed, device=device)
-    n_epochs = epochs or max(1, round(default_epochs(len(x), batch_size=base.batch_size) * QUALITY_STEPS[quality]))
-    return fit(config, x, replace(base, epochs=n_epochs), show_progress=show_progress)
+    train_config = with_epochs(TrainConfig(seed=seed, device=device), epochs, len(x), scale=QUALITY_STEPS[quality])
+    return fit(config, x, train_config, show_progress=show_progress)
 
 
 def train_store_models(x: np.ndarray, *, bits: int, latent_dim: int, **options: Any) -> dict[str, FitResult]:

@@ -242,3 +242,14 @@ def indexed_flat_folder(tmp_path_factory) -> tuple[Path, Path, list[str], dict[s
     good, bad = write_odd_files(folder, sub="")
     index_quietly(store, folder)
     return folder, store, good, bad
+
+
+@pytest.fixture
+def one_faiss_thread():
+    """FAISS's OpenMP threads spin against each other on a busy 2-core machine; tiny tests need none."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)

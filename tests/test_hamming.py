@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import pytest
 
@@ -24,13 +23,7 @@ def clustered_codes(rng: np.random.Generator, n: int, nbits: int, *, clusters: i
     return pack_bits(bits)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    """Queries here are tiny: OpenMP threads only add waiting, badly so on a loaded machine."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module", params=BITS)

@@ -9,13 +9,7 @@ from index.latent import LatentError, LatentIndex
 DIM = 6
 
 
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """FAISS's OpenMP threads spin against each other on a busy 2-core machine; tiny tests need none."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def brute_force(latents, ids, queries, k):

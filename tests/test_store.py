@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 
@@ -101,13 +100,7 @@ driver = {}
 exec(DRIVER_SETTINGS + DRIVER, driver)
 
 
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """FAISS's OpenMP threads spin against each other on a busy 2-core machine; tiny tests need none."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 # ------------------------------------------------------------------------------------------ helpers
