@@ -263,6 +263,11 @@ class Catalogue:
             if changed != len(ids):
                 raise StoreError(f"{len(ids) - changed} of the ids to remove are not live items")
 
+    def update_mtimes(self, entries: Iterable[tuple[int, int]]) -> None:
+        """Set mtime_ns of live rows, as (id, mtime_ns): a touched file whose content is unchanged."""
+        with self.db.atomic():
+            self.db.conn.executemany("UPDATE items SET mtime_ns = ? WHERE id = ?", [(m, i) for i, m in entries])
+
     def purge_removed(self, *, through_gen: int) -> int:
         """Delete rows no generation after through_gen can see; return how many went.
 
@@ -391,6 +396,10 @@ class Catalogue:
 
     def count_models(self) -> int:
         return self.db.execute("SELECT count(*) FROM models").fetchone()[0]
+
+    def model_dirs(self) -> set[str]:
+        """The checkpoint folders (relative to the store, posix) of every recorded model."""
+        return {row[0] for row in self.db.execute("SELECT dir FROM models")}
 
     # ------------------------------------------------------------------------------- generations
     def last_generation(self) -> int:

@@ -85,6 +85,7 @@ class Plan:
     unchanged: list[str] = field(default_factory=list)
     to_add: list[tuple[ImageFile, os.stat_result]] = field(default_factory=list)
     changed: list[int] = field(default_factory=list)  # rows whose file changed (re-added)
+    touched: list[tuple[int, int]] = field(default_factory=list)  # (id, new mtime_ns): same content
     gone: list[int] = field(default_factory=list)  # rows whose file is gone
 
 
@@ -95,7 +96,8 @@ def content_hash(data: bytes) -> str:
 def plan_changes(root: Path, files: list[ImageFile], live: dict[str, LiveItem]) -> Plan:
     """Classify every file as unchanged or to (re-)add, and every live row whose file is gone or
     changed as to remove. A file whose size and mtime match its row is unchanged without reading
-    it; otherwise its content hash decides (a touched but identical file stays unchanged)."""
+    it; otherwise its content hash decides (a touched but identical file stays unchanged, and its
+    new mtime goes into `touched` so the next run need not read it again)."""
     plan = Plan()
     seen = set()
     for image in files:
@@ -107,6 +109,8 @@ def plan_changes(root: Path, files: list[ImageFile], live: dict[str, LiveItem]) 
         row = live.get(image.relpath)
         if row is not None and _same_file(root / image.relpath, stat, row):
             plan.unchanged.append(image.relpath)
+            if stat.st_mtime_ns != row.mtime_ns:
+                plan.touched.append((row.id, stat.st_mtime_ns))
             continue
         if row is not None:
             plan.changed.append(row.id)
@@ -191,6 +195,7 @@ def index_folder(store_path: Path, root: Path, options: IndexOptions) -> IndexSu
         plan = plan_changes(root, files, live)
         with timer("encode"):
             writer.remove_items(plan.changed + plan.gone)
+            writer.update_mtimes(plan.touched)
             _encode_and_store(root, plan.to_add, models, writer, summary, options.show_progress)
             listed = {f.relpath for f in files}
             writer.clear_skipped(s.path for s in store.catalogue.skipped() if s.path not in listed)  # deleted bad files

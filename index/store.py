@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -249,6 +250,7 @@ class Writer:
         self.catalogue = store.catalogue
         self.gen = self.catalogue.last_generation() + 1
         self._remove_unneeded_index_files()  # leftovers of a writer killed before its purge
+        self._remove_unrecorded_model_folders()  # checkpoints of a writer killed before recording them
 
     # ------------------------------------------------------------------------------------ rows
     def live_items(self) -> dict[str, LiveItem]:
@@ -268,6 +270,10 @@ class Writer:
     def remove_items(self, ids: Iterable[int]) -> None:
         """Drop live rows (deleted files, or the old row of a modified file); one transaction."""
         self.catalogue.remove_items(ids, gen=self.gen)
+
+    def update_mtimes(self, entries: Iterable[tuple[int, int]]) -> None:
+        """Record new mtimes (id, mtime_ns) of touched files whose content did not change."""
+        self.catalogue.update_mtimes(entries)
 
     def pending(self) -> tuple[int, int]:
         """(rows added, rows removed) that commit() would publish."""
@@ -402,6 +408,18 @@ class Writer:
         for path in self.store.indexes_dir.iterdir():
             if INDEX_FILE_NAME.match(path.name) and path.name not in keep:
                 path.unlink(missing_ok=True)
+
+    def _remove_unrecorded_model_folders(self) -> None:
+        """Delete folders under models/ that no model row names. Only a writer creates them, and it
+        records each right after saving it, so under the write lock an unrecorded one is the
+        leftover of a killed run (or of checkpoint.save's temporary folder)."""
+        if not self.store.models_dir.is_dir():
+            return
+        parts = [Path(folder).parts for folder in self.catalogue.model_dirs()]
+        recorded = {p[1] for p in parts if len(p) > 1 and p[0] == MODELS_DIR}  # top folders under models/
+        for path in self.store.models_dir.iterdir():
+            if path.is_dir() and not path.is_symlink() and path.name not in recorded:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------- snapshot

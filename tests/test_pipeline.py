@@ -144,6 +144,9 @@ def test_incremental_add_modify_delete(library_copy):
     assert all(after[path] == before[path] for path in unchanged)  # same id, code and label
     assert all(after[path][0] not in {row[0] for row in before.values()} for path in modified + added)
     assert model_ids(store) == models  # no retraining
+    with Store.open(store) as opened:  # touched files keep their row, with the new mtime recorded
+        live = opened.catalogue.live_items()
+        assert all(live[path].mtime_ns == 1_000_000_000 for path in touched)
 
     # The CLI sees the same thing: an unchanged item by id finds itself at distance 0.
     kept = sorted(unchanged)[0]
@@ -194,6 +197,21 @@ def test_retrain_reencodes_everything(library_copy):
         assert opened.catalogue.count_models() == 4
         gen = opened.snapshot().gen
         assert len(opened.catalogue.items_added_in(gen)[0]) == len(after)  # every visible row is new in gen
+
+
+def test_unrecorded_model_folders_are_removed_by_the_next_run(library_copy):
+    """What a run killed between saving its checkpoints and recording them leaves behind."""
+    folder, store = library_copy
+    models_dir = store / "models"
+    recorded = sorted(p.name for p in models_dir.iterdir())
+    for leftover in ("hashing-20260101-000000-99", ".latent-20260101-000000-99.tmpabc"):
+        (models_dir / leftover).mkdir()
+        (models_dir / leftover / "weights.safetensors").write_bytes(b"partial")
+    summary = index_quietly(store, folder)
+    assert not summary.trained and summary.indexed == 0
+    assert sorted(p.name for p in models_dir.iterdir()) == recorded
+    with Store.open(store) as opened:  # the recorded models still load
+        assert opened.snapshot().hashing_model is not None
 
 
 def test_changing_bits_needs_retrain(library_copy):
