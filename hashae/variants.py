@@ -530,14 +530,24 @@ class HashingAutoencoder(Autoencoder):
     def median_threshold(self) -> bool:  # type: ignore[override]
         return self.config.code_norm
 
+    def __init__(self, config: HashingConfig) -> None:
+        super().__init__(config)
+        # Running per-unit scale of z (the centre runs in bit_threshold), so a held-out pass during
+        # training standardises as training does. Not saved: calibration sets the thresholds after.
+        self.register_buffer("code_scale", torch.ones(config.code_size), persistent=False)
+
     def standardise(self, z: torch.Tensor) -> torch.Tensor:
-        """Training: each unit centred and scaled over the batch when code_norm; else z itself."""
-        if not (self.config.code_norm and self.training and len(z) > 1):
+        """With code_norm: each unit centred and scaled over the batch in training (running
+        statistics updated), by the running statistics otherwise. Without code_norm: z itself."""
+        if not self.config.code_norm:
             return z
-        mean = z.mean(0)
-        with torch.no_grad():  # running centre, so held-out losses before calibration see sane bits
-            self.bit_threshold.lerp_(mean.detach(), 0.01)
-        return (z - mean) / (z.std(0) + 1e-5)
+        if not (self.training and len(z) > 1):
+            return (z - self.bit_threshold) / self.code_scale
+        mean, std = z.mean(0), z.std(0) + 1e-5
+        with torch.no_grad():
+            self.bit_threshold.lerp_(mean.detach(), 0.1)
+            self.code_scale.lerp_(std.detach(), 0.1)
+        return (z - mean) / std
 
     def latent(self, z, progress):
         if not self.training:
