@@ -16,8 +16,6 @@ import json
 import os
 import platform
 import random
-import re
-import subprocess
 import sys
 import threading
 import time
@@ -25,6 +23,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+
+from index.serve_process import ServeProcess
 
 
 def main() -> int:
@@ -40,7 +40,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="Write the results here.")
     args = parser.parse_args()
 
-    server = start_server(args.store, timeout=args.start_timeout)
+    try:
+        server = ServeProcess(args.store, timeout=args.start_timeout).__enter__()
+    except RuntimeError as error:
+        raise SystemExit(str(error)) from None
     try:
         host, port = urlsplit(server.url).hostname, urlsplit(server.url).port
         stats = get_json(host, port, "/api/stats")
@@ -72,46 +75,6 @@ def main() -> int:
     if errors:
         print(f"{errors} requests failed", file=sys.stderr)
     return 1 if errors else 0
-
-
-class ServerProcess:
-    def __init__(self, process: subprocess.Popen, url: str, startup_s: float) -> None:
-        self.process, self.url, self.startup_s = process, url, startup_s
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_server(store: Path, *, timeout: float) -> ServerProcess:
-    """`hashae serve --port 0` on loopback; waits for the line naming its address."""
-    started = time.perf_counter()
-    command = [sys.executable, "-m", "cli.main", "serve", "--store", str(store), "--port", "0", "--host", "127.0.0.1"]
-    env = {k: v for k, v in os.environ.items() if k != "HASHAE_TOKEN"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    found: list[str] = []
-    lines: list[str] = []
-
-    def read() -> None:
-        for line in process.stdout:
-            lines.append(line)
-            match = re.search(r"at (http://\S+?)/?(\s|$)", line)
-            if match and not found:
-                found.append(match.group(1))
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while not found and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not found:
-        process.kill()
-        raise SystemExit(f"the server did not start: {''.join(lines)}")
-    return ServerProcess(process, found[0], time.perf_counter() - started)
 
 
 def get_json(host: str, port: int, path: str) -> dict:

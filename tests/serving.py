@@ -3,12 +3,7 @@ real subprocess on a free loopback port."""
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from index.serve_process import ServeProcess
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 N_IMAGES = 200
@@ -56,49 +52,11 @@ def copy_store(images: Path, store: Path, dest: Path) -> tuple[Path, Path]:
     return new_images, new_store
 
 
-class Server:
+class Server(ServeProcess):
     """`hashae serve --port 0 ...` in a subprocess; .url once it listens. Use as a context manager."""
 
     def __init__(self, store: Path, *args: str) -> None:
-        self.command = [sys.executable, "-m", "cli.main", "serve", "--store", str(store), "--port", "0", *args]
-        self.url: str | None = None
-        self.output: list[str] = []
-
-    def __enter__(self) -> Server:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("HASHAE_TOKEN", None)
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        ready = threading.Event()
-
-        def read() -> None:
-            for line in self.process.stdout:
-                self.output.append(line)
-                found = re.search(r"at (http://\S+?)/?(\s|$)", line)
-                if found and self.url is None:
-                    self.url = found.group(1)
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        ready.wait(START_TIMEOUT)
-        if self.url is None:
-            self.__exit__()
-            raise AssertionError(f"hashae serve did not start: {''.join(self.output)}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log(self) -> str:
-        return "".join(self.output)
+        super().__init__(store, *args, timeout=START_TIMEOUT)
 
 
 def wait_for(predicate, *, timeout: float, interval: float = 0.2) -> bool:
