@@ -98,6 +98,8 @@ def main() -> None:
     p.add_argument("--consistency", type=float, default=None)
     p.add_argument("--consistency-kind", default=None, choices=["pull", "infonce"])
     p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--sharpen", type=float, default=None)
+    p.add_argument("--pair-shift", type=int, default=None)
     p.add_argument("--hard-phase", type=float, default=None)
     p.add_argument("--code-norm", type=int, choices=[0, 1], default=None)
     p.add_argument("--k", type=int, default=recipes.NEIGHBOURS_K, help="neighbours per item")
@@ -124,6 +126,8 @@ def main() -> None:
             "consistency": args.consistency,
             "consistency_kind": args.consistency_kind,
             "temperature": args.temperature,
+            "sharpen": args.sharpen,
+            "pair_shift": args.pair_shift,
             "hard_phase": args.hard_phase,
             "code_norm": bool(args.code_norm) if args.code_norm is not None else None,
             "corruption": {"kind": "mask", "strength": args.mask} if args.mask is not None else None,
@@ -159,6 +163,8 @@ def main() -> None:
             "mask": config.corruption.strength,
             "cons": f"{config.consistency_kind}:{config.consistency}" if config.consistency else 0,
             "T": config.temperature if config.consistency_kind == "infonce" and config.consistency else None,
+            "sharpen": config.sharpen if config.consistency and config.sharpen != 1 else None,
+            "shift": config.pair_shift if config.consistency and config.pair_shift else None,
             "k": args.k if config.consistency else None,
             "hard": config.hard_phase or None,
             "norm": 1 if config.code_norm else None,

@@ -179,6 +179,10 @@ class HashingConfig(AEConfig):
     label-free neighbour pairs: "pull" = mean_i sum_j (tanh(z_ij/2) - tanh(z'_ij/2))^2 between an
     item and its neighbour; "infonce" = contrastive loss with in-batch negatives on tanh(z/2) codes
     (cosine / temperature);
+    pair_shift: images only: the paired neighbour is translated by up to this many pixels in x
+    and y (each drawn uniformly per item, zeros shifted in), so codes also ignore small shifts;
+    sharpen: slope of tanh(slope * z/2) in the consistency term at the end of training, ramped
+    linearly from 1, so the relaxed codes it compares approach the sign bits retrieval uses;
     hard_phase: share of training at the end where the decoder sees the hard 0/1 code
     (straight-through gradient of the sigmoid; 1 = from the start);
     code_norm: standardise each code unit over the batch before noise and sigmoid (batch
@@ -195,6 +199,8 @@ class HashingConfig(AEConfig):
     consistency: float = 0.0
     consistency_kind: str = "pull"
     temperature: float = 0.2
+    sharpen: float = 1.0
+    pair_shift: int = 0
     hard_phase: float = 0.0
     code_norm: bool = False
     corruption: Corruption = field(default_factory=lambda: Corruption("mask", 0.2))
@@ -210,6 +216,10 @@ class HashingConfig(AEConfig):
             raise ConfigError(f"unknown consistency_kind {self.consistency_kind!r}; known: pull, infonce")
         if self.consistency < 0 or self.temperature <= 0 or not 0 <= self.hard_phase <= 1:
             raise ConfigError("consistency must be >= 0, temperature > 0 and hard_phase in [0, 1]")
+        if self.sharpen < 1:
+            raise ConfigError(f"sharpen must be >= 1, got {self.sharpen}")
+        if self.pair_shift < 0 or (self.pair_shift and len(self.input_shape) != 3):
+            raise ConfigError(f"pair_shift {self.pair_shift}: needs image input (C, H, W) and a value >= 0")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -341,7 +351,7 @@ class Autoencoder(nn.Module):
         logits = self.decode_logits(h)  # (B, *input_shape)
         terms = {"reconstruction": self.reconstruction_loss(logits, x_clean), **self.penalties(x_in, z, h)}
         if paired is not None and self.uses_pairs:
-            paired_clean = self.normalise(paired)
+            paired_clean = self.normalise(self.pair_view(paired))
             paired_in = self.config.corruption.apply(paired_clean) if self.training else paired_clean
             terms.update(self.pair_penalties(z, self.encode_pre(paired_in), progress))
         return Output(loss=sum(terms.values()), terms=terms, code=h, reconstruction=logits)
@@ -354,6 +364,10 @@ class Autoencoder(nn.Module):
     def pair_penalties(self, z: torch.Tensor, z_pair: torch.Tensor, progress: float) -> dict[str, torch.Tensor]:
         """Extra weighted loss terms tying the encoder outputs of items and their neighbours."""
         return {}
+
+    def pair_view(self, paired: torch.Tensor) -> torch.Tensor:
+        """The view of the paired raw inputs the encoder sees in training (augmentation hook)."""
+        return paired
 
     def reconstruction_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-item sum over input features, mean over the batch (the ELBO scale)."""
@@ -562,9 +576,13 @@ class HashingAutoencoder(Autoencoder):
     def uses_pairs(self) -> bool:
         return self.config.consistency > 0
 
+    def pair_view(self, paired):
+        return random_shift(paired, self.config.pair_shift)
+
     def pair_penalties(self, z, z_pair, progress):
         c = self.config
-        u, v = torch.tanh(0.5 * self.standardise(z)), torch.tanh(0.5 * self.standardise(z_pair))  # (B, bits)
+        slope = 0.5 * (1.0 + (c.sharpen - 1.0) * progress)
+        u, v = torch.tanh(slope * self.standardise(z)), torch.tanh(slope * self.standardise(z_pair))  # (B, bits)
         if c.consistency_kind == "pull":
             return {"consistency": c.consistency * (u - v).pow(2).sum(1).mean()}
         logits = F.normalize(u, dim=1) @ F.normalize(v, dim=1).T / c.temperature  # (B, B)
@@ -587,6 +605,21 @@ class HashingAutoencoder(Autoencoder):
 
     def prior_sample(self, n, generator):
         return (torch.rand(n, self.config.code_size, generator=generator) < 0.5).float()
+
+
+def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each image of x (B, C, H, W) translated by its own uniform (dy, dx) in [-max_shift, max_shift],
+    zeros shifted in."""
+    if max_shift == 0:
+        return x
+    b, c, h, w = x.shape
+    s = max_shift
+    padded = F.pad(x, (s, s, s, s))  # (B, C, H + 2s, W + 2s)
+    rows = torch.arange(h)[None, :] + torch.randint(0, 2 * s + 1, (b, 1))  # (B, H)
+    cols = torch.arange(w)[None, :] + torch.randint(0, 2 * s + 1, (b, 1))  # (B, W)
+    rows, cols = rows.to(x.device), cols.to(x.device)
+    padded = torch.gather(padded, 2, rows[:, None, :, None].expand(b, c, h, w + 2 * s))  # (B, C, H, W + 2s)
+    return torch.gather(padded, 3, cols[:, None, None, :].expand(b, c, h, w))
 
 
 def offdiagonal_correlation(p: torch.Tensor) -> torch.Tensor:

@@ -216,6 +216,9 @@ def test_unknown_kind_names_every_known_kind() -> None:
         ("undercomplete", {"code_size": 0}, "positive"),
         ("hashing", {"code_size": 12}, "multiple of 8"),
         ("hashing", {"noise_ramp": 0.0}, "noise_ramp"),
+        ("hashing", {"sharpen": 0.5}, "sharpen"),
+        ("hashing", {"pair_shift": 2, "input_shape": (20,)}, "image input"),
+        ("hashing", {"pair_shift": -1}, "pair_shift"),
         ("denoising", {"corruption": {"kind": "blur", "strength": 0.1}}, "corruption"),
         ("denoising", {"corruption": {"kind": "mask", "strength": 1.5}}, "out of range"),
         ("undercomplete", {"arch": "conv", "input_shape": (20,)}, "image input"),
@@ -335,3 +338,22 @@ def test_asking_for_cuda_without_one_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="no CUDA device"):
         trainer.resolve_device("cuda")
     assert trainer.resolve_device("auto") == CPU
+
+
+def test_random_shift_moves_each_image_by_its_own_offset_within_range() -> None:
+    torch.manual_seed(0)
+    x = torch.zeros(400, 2, 9, 9)
+    x[:, :, 4, 4] = 1.0  # one lit pixel in the centre of both channels
+    shifted = variants.random_shift(x, 2)
+    assert torch.equal(variants.random_shift(x, 0), x)
+    offsets = set()
+    for image in shifted:
+        lit = image[0].nonzero().tolist()
+        assert len(lit) == 1 and torch.equal(image[0], image[1])  # one offset per image, all channels
+        dy, dx = lit[0][0] - 4, lit[0][1] - 4
+        assert abs(dy) <= 2 and abs(dx) <= 2
+        offsets.add((dy, dx))
+    assert len(offsets) == 25  # every offset in [-2, 2]^2 occurs
+    edge = torch.zeros(1, 1, 5, 5)
+    edge[0, 0, 0, :] = 1.0
+    assert variants.random_shift(edge, 4).sum() <= 5  # zeros shifted in, nothing wraps around
