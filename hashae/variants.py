@@ -537,18 +537,18 @@ class HashingAutoencoder(Autoencoder):
     bits_activation = "identity"  # bits = pre-activation > 0
     binary_codes = True
 
+    def __init__(self, config: HashingConfig) -> None:
+        super().__init__(config)
+        # Running per-unit scale of z (the centre runs in bit_threshold), so a held-out pass during
+        # training standardises as training does. Not saved: calibration sets the thresholds after.
+        self.register_buffer("code_scale", torch.ones(config.code_size), persistent=False)
+
     def noise_std(self, progress: float) -> float:
         return self.config.noise_max * min(1.0, progress / self.config.noise_ramp)
 
     @property
     def median_threshold(self) -> bool:  # type: ignore[override]
         return self.config.code_norm
-
-    def __init__(self, config: HashingConfig) -> None:
-        super().__init__(config)
-        # Running per-unit scale of z (the centre runs in bit_threshold), so a held-out pass during
-        # training standardises as training does. Not saved: calibration sets the thresholds after.
-        self.register_buffer("code_scale", torch.ones(config.code_size), persistent=False)
 
     def standardise(self, z: torch.Tensor) -> torch.Tensor:
         """With code_norm: each unit centred and scaled over the batch in training (running
