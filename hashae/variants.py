@@ -433,7 +433,7 @@ class Autoencoder(nn.Module):
         """After training: per-unit bit thresholds and a bank of training codes for sampling."""
         values = torch.cat([self.bit_values(chunk) for chunk in x.split(1024)])
         if self.median_threshold:
-            self.bit_threshold.copy_(values.median(dim=0).values)
+            self.bit_threshold.copy_(split_point(values))
         generator = torch.Generator().manual_seed(seed)
         pick = torch.randperm(len(x), generator=generator)[:bank_size]
         bank = torch.cat([self.sample_code_of(x[pick][i : i + 1024]) for i in range(0, len(pick), 1024)])
@@ -605,6 +605,15 @@ class HashingAutoencoder(Autoencoder):
 
     def prior_sample(self, n, generator):
         return (torch.rand(n, self.config.code_size, generator=generator) < 0.5).float()
+
+
+def split_point(values: torch.Tensor) -> torch.Tensor:
+    """Per column of values (n, d), the midpoint between the two middle order statistics: a median
+    that is (unless those two are equal) no item's own value, so float rounding between a batched
+    and a one-item encoder pass cannot flip that item's bit."""
+    ordered = values.sort(dim=0).values
+    k = len(ordered) // 2
+    return ordered[k] if len(ordered) < 2 else 0.5 * (ordered[k - 1] + ordered[k])
 
 
 def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:

@@ -169,6 +169,31 @@ def test_numpy_encoder_matches_the_torch_model(trained: Trained, tmp_path: Path)
         assert (gap[mismatch] <= 1e-4).all(), f"{mismatch.sum()} bits differ away from their threshold"
 
 
+def test_split_point_lies_between_the_middle_values() -> None:
+    values = torch.tensor([[4.0, 1.0], [1.0, 1.0], [3.0, 5.0], [2.0, 7.0]])
+    assert torch.equal(variants.split_point(values), torch.tensor([2.5, 3.0]))
+    assert torch.equal(variants.split_point(values[:3]), torch.tensor([2.0, 1.0]))  # odd n: the middle item is above
+    assert torch.equal(variants.split_point(values[:1]), values[0])
+    spread = torch.randn(1001, 6, generator=torch.Generator().manual_seed(0))
+    threshold = variants.split_point(spread)
+    assert not (spread == threshold).any()  # no item sits on its threshold
+    assert ((spread > threshold).sum(0) == 501).all()
+
+
+def test_an_indexed_image_encoded_alone_gets_the_code_it_got_in_a_batch(tmp_path: Path, fashion, build_model, fit_model) -> None:
+    """What `hashae query photo.png` relies on to find an indexed photo at distance 0: the training
+    items that set the thresholds, encoded one at a time, match their batched codes bit for bit."""
+    train_x = fashion[0][:201]  # odd: one item is the exact middle value of every unit
+    model = build_model("hashing", input_shape=train_x.shape[1:], code_size=32, hidden=(32,), code_norm=True, hard_phase=1.0)
+    model.fit_normalisation(train_x)
+    fit_model(model, train_x, epochs=1, batch_size=32, lr=1e-2)
+    model.calibrate(torch.from_numpy(train_x))
+    encoder = InferenceEncoder.load(checkpoint.save(model, tmp_path / "ckpt"))
+    batched = encoder.codes(train_x)
+    alone = np.concatenate([encoder.codes(train_x[i : i + 1]) for i in range(len(train_x))])
+    np.testing.assert_array_equal(alone, batched)
+
+
 def test_numpy_encoder_refuses_inputs_of_the_wrong_shape(tmp_path: Path, build_model) -> None:
     model = build_model("hashing", code_size=8, hidden=(16,))
     encoder = InferenceEncoder.load(checkpoint.save(model, tmp_path / "ckpt"))
