@@ -96,20 +96,24 @@ def test_ball_never_shrinks_as_radius_grows_and_ends_with_everything(data, index
         assert len(previous) == len(codes)
 
 
+def assert_probing_is_exact(index, db_codes, ids, query_codes, *, k: int, radius: int) -> None:
+    """index (empty) filled with db_codes under ids: its probing k-NN and radius search equal brute force."""
+    index.add(db_codes, ids)
+    truth = brute_force(query_codes, db_codes, ids)
+    distances, found = index.search(query_codes, k=k, strategy="probe")
+    balls = index.range_search(query_codes, radius=radius, strategy="probe")
+    for (true_distances, true_ids), d, i, ball in zip(truth, distances, found, balls):
+        np.testing.assert_array_equal(d, true_distances[:k])
+        np.testing.assert_array_equal(i, true_ids[:k])
+        np.testing.assert_array_equal(ball[1], true_ids[true_distances <= radius])
+
+
 @pytest.mark.parametrize("nbits", [8, 24, 72])
 def test_code_lengths_that_pad_their_words(nbits):
     rng = np.random.default_rng(nbits)
     codes = clustered_codes(rng, 610, nbits)
     ids = np.arange(600, dtype=np.int64)
-    index = HammingIndex(nbits)
-    index.add(codes[:600], ids)
-    truth = brute_force(codes[600:], codes[:600], ids)
-    distances, found = index.search(codes[600:], k=15, strategy="probe")
-    balls = index.range_search(codes[600:], radius=3, strategy="probe")
-    for (true_distances, true_ids), d, i, ball in zip(truth, distances, found, balls):
-        np.testing.assert_array_equal(d, true_distances[:15])
-        np.testing.assert_array_equal(i, true_ids[:15])
-        np.testing.assert_array_equal(ball[1], true_ids[true_distances <= 3])
+    assert_probing_is_exact(HammingIndex(nbits), codes[:600], ids, codes[600:], k=15, radius=3)
 
 
 def test_uneven_substrings_that_straddle_bytes():
@@ -117,14 +121,7 @@ def test_uneven_substrings_that_straddle_bytes():
     codes = clustered_codes(rng, 810, 64)
     ids = np.arange(800, dtype=np.int64) * 3
     index = HammingIndex(64, substrings=5)  # widths 13, 13, 13, 13, 12
-    index.add(codes[:800], ids)
-    truth = brute_force(codes[800:], codes[:800], ids)
-    distances, found = index.search(codes[800:], k=25, strategy="probe")
-    balls = index.range_search(codes[800:], radius=6, strategy="probe")
-    for (true_distances, true_ids), d, i, ball in zip(truth, distances, found, balls):
-        np.testing.assert_array_equal(d, true_distances[:25])
-        np.testing.assert_array_equal(i, true_ids[:25])
-        np.testing.assert_array_equal(ball[1], true_ids[true_distances <= 6])
+    assert_probing_is_exact(index, codes[:800], ids, codes[800:], k=25, radius=6)
 
 
 def test_identical_codes_are_ordered_by_smallest_id():
