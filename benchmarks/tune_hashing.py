@@ -8,7 +8,7 @@ P@r<=2, empty-ball share, recall@10, R10@100.
 Times: "train s" is wall-clock, "cpu s" process CPU time (fit: training, calibration and the
 neighbour search); on a shared machine run with --threads 1 and read the CPU column.
 
-Every option defaults to the product default (recipes.default_config / TrainConfig / DEFAULT_STEPS),
+Every option defaults to the product default (recipes.default_config / default_train_config / DEFAULT_STEPS),
 so a bare run measures what users get:
 
     .venv/bin/python benchmarks/tune_hashing.py --bits 16 32 64
@@ -29,7 +29,6 @@ from hashae import neighbours, recipes
 from hashae.codes import pack_bits
 from hashae.data import load_idx_dataset
 from hashae.metrics import evaluate_binary, exact_neighbours
-from hashae.trainer import TrainConfig
 from hashae.variants import HashingConfig
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -81,13 +80,13 @@ def codes_of(model, x: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     defaults = HashingConfig()
-    train_defaults = TrainConfig()
+    train_defaults = recipes.default_train_config("hashing")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bits", type=int, nargs="+", default=[32])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="default: recipes.default_epochs (DEFAULT_STEPS)")
     p.add_argument("--batch-size", type=int, default=train_defaults.batch_size)
-    p.add_argument("--lr", type=float, default=train_defaults.lr)
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's (recipes.TRAIN_DEFAULTS)")
     p.add_argument("--schedule", default=train_defaults.schedule)
     p.add_argument("--hidden", type=int, nargs="*", default=None, help="default: the recipe's")
     p.add_argument("--noise-max", type=float, default=None)
@@ -141,7 +140,7 @@ def main() -> None:
     for bits in args.bits:
         config = recipes.default_config("hashing", input_shape=train_x.shape[1:], code_size=bits, **overrides)
         train_config = recipes.with_epochs(
-            TrainConfig(batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed),
+            recipes.default_train_config("hashing", batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed),
             args.epochs,
             len(train_x),
         )

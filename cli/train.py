@@ -59,12 +59,9 @@ def train(
     as_json: bool = JsonOption,
 ) -> None:
     """Train one autoencoder and save it as a checkpoint folder (config.json + weights.safetensors)."""
-    from dataclasses import replace
-
     from hashae import checkpoint
     from hashae.data import load_source
-    from hashae.recipes import default_config, fit, with_epochs
-    from hashae.trainer import TrainConfig
+    from hashae.recipes import default_config, default_train_config, fit, with_epochs
 
     if bits and latent:
         raise fail("give --bits or --latent, not both", 2)
@@ -75,8 +72,7 @@ def train(
     if arch:
         overrides["arch"] = arch
     config = default_config(variant, input_shape=dataset.input_shape, code_size=bits or latent or 32, **overrides)
-    train_config = TrainConfig(seed=seed, device=device)
-    train_config = replace(train_config, **{k: v for k, v in {"lr": lr, "batch_size": batch_size}.items() if v})
+    train_config = default_train_config(variant, seed=seed, device=device, lr=lr, batch_size=batch_size)
     train_config = with_epochs(train_config, epochs, len(dataset.x))
     result = fit(config, dataset.x, train_config, show_progress=not quiet)
     summary = {**result.summary(), "items": len(dataset.x), "out": str(out)}

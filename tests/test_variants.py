@@ -348,6 +348,15 @@ def test_bad_train_configs_raise_config_error(fields: dict, words: str) -> None:
         TrainConfig(**fields)
 
 
+def test_default_train_config_gives_hashing_its_own_rate_and_lets_given_fields_win() -> None:
+    from hashae.recipes import default_train_config
+
+    assert default_train_config("vae", seed=3).lr == TrainConfig().lr
+    hashing = default_train_config("hashing", seed=3, lr=None)
+    assert hashing.lr != TrainConfig().lr and hashing.seed == 3
+    assert default_train_config("hashing", lr=1e-4).lr == 1e-4
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
 def test_every_optimizer_and_schedule_trains(optimizer: str, schedule: str, build_model) -> None:
