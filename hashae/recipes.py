@@ -39,8 +39,9 @@ def default_epochs(n_items: int, *, batch_size: int = TrainConfig.batch_size) ->
 # item's code agree with that of one of its label-free PCA neighbours against the rest of the batch,
 # on relaxed codes sharpened towards the sign bits over training (sharpen: 0.7205 -> 0.7318 at 32
 # bits, 0.7365 -> 0.7443 at 64), with the neighbour shifted by up to a pixel (images only), and a
-# term that decorrelates the code units over the batch (64 bits 0.7485 / 0.7480 -> 0.7539 / 0.7521,
-# seeds 0 / 1; 32 bits unchanged, 0.7398 -> 0.7400).
+# term that decorrelates the code units over the batch, for codes of DECORRELATE_FROM_BITS or more
+# (Fashion-MNIST 64 bits 0.7485 / 0.7480 -> 0.7539 / 0.7521, seeds 0 / 1; 32 bits 0.7398 -> 0.7400,
+# 16 bits 0.7077 -> 0.7065; the 32-bit colour folder 0.573 -> 0.554: it pays only on long codes).
 HASHING_DEFAULTS: dict[str, Any] = {
     "hidden": (1024,),  # one wide hidden layer: 0.7205 mAP@1000 at 32 bits vs 0.7153 for (512, 256), +30% time
     "noise_max": 0.0,
@@ -56,14 +57,18 @@ HASHING_DEFAULTS: dict[str, Any] = {
 # Its optimisation: a 3x higher peak learning rate than the trainer's default (onecycle, Adam):
 # mAP@1000 at 64 bits 0.7443 / 0.7456 (seeds 0 / 1) -> 0.7485 / 0.7480, at 32 bits 0.7374 -> 0.7398.
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {"hashing": {"lr": 6e-3}}
+DECORRELATE_FROM_BITS = 64
 
 
 def default_config(kind: str, *, input_shape: tuple[int, ...], code_size: int, **overrides: Any) -> AEConfig:
     """The product's default config of a kind for data of this shape. Vectors (1-D inputs) get MSE
-    on standardised features; images keep BCE on [0, 1] pixels. Hashing gets HASHING_DEFAULTS."""
+    on standardised features; images keep BCE on [0, 1] pixels. Hashing gets HASHING_DEFAULTS
+    (its decorrelation term only on codes of DECORRELATE_FROM_BITS bits or more)."""
     fields: dict[str, Any] = {"input_shape": tuple(input_shape), "code_size": code_size}
     if kind == "hashing":
         fields.update(HASHING_DEFAULTS)
+        if code_size < DECORRELATE_FROM_BITS:
+            fields["decorrelation"] = 0.0
     if len(input_shape) != 3:
         fields.pop("pair_shift", None)  # translation needs (C, H, W) images
     if len(input_shape) == 1:

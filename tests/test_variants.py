@@ -357,6 +357,17 @@ def test_default_train_config_gives_hashing_its_own_rate_and_lets_given_fields_w
     assert default_train_config("hashing", lr=1e-4).lr == 1e-4
 
 
+def test_default_hashing_config_decorrelates_long_codes_only() -> None:
+    from hashae.recipes import DECORRELATE_FROM_BITS, default_config
+
+    def decorrelation(bits: int, **overrides) -> float:
+        return default_config("hashing", input_shape=(1, 28, 28), code_size=bits, **overrides).decorrelation
+
+    assert decorrelation(DECORRELATE_FROM_BITS) > 0 and decorrelation(2 * DECORRELATE_FROM_BITS) > 0
+    assert decorrelation(DECORRELATE_FROM_BITS - 8) == 0
+    assert decorrelation(16, decorrelation=5.0) == 5.0  # an explicit setting wins
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
 def test_every_optimizer_and_schedule_trains(optimizer: str, schedule: str, build_model) -> None:
