@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-HASHAE = [sys.executable, "-m", "cli.main"]
+HASHAE = [sys.executable, "-m", "hashae.cli.main"]
 
 
 def run(*args: str) -> tuple[float, str]:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from index.serve_process import ServeProcess
+from hashae.index.serve_process import ServeProcess
 
 
 def main() -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import QuietOption, handle_errors
+from hashae.cli.common import QuietOption, handle_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -37,7 +37,7 @@ def bench(
 ) -> None:
     """Measure retrieval quality (mAP, precision in radius 2, neighbour recall) and speed of the
     hashing autoencoder against LSH, PCAH, ITQ, the seed's other autoencoders, the VAE latent and raw pixels."""
-    from index.bench import ALL_METHODS, BenchOptions, format_row, markdown_table, plot, run_bench, COLUMNS
+    from hashae.index.bench import ALL_METHODS, BenchOptions, format_row, markdown_table, plot, run_bench, COLUMNS
 
     options = BenchOptions(
         source=source,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import QuietOption, fail, handle_errors
+from hashae.cli.common import QuietOption, fail, handle_errors
 
 app = typer.Typer(help="Built-in data sets.", no_args_is_help=True)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import handle_errors
+from hashae.cli.common import handle_errors
 
 
 def register(app: typer.Typer) -> None:

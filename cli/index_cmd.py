@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import JsonOption, QuietOption, StoreOption, handle_errors, print_json, store_path
+from hashae.cli.common import JsonOption, QuietOption, StoreOption, handle_errors, print_json, store_path
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +31,7 @@ def index(
 ) -> None:
     """Index a folder of images: train the models if the store has none, then encode and store
     every new or changed image; deleted files are dropped, unreadable ones recorded with a reason."""
-    from index.pipeline import IndexOptions, index_folder
+    from hashae.index.pipeline import IndexOptions, index_folder
 
     options = IndexOptions(
         bits=bits,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import JsonOption, StoreOption, handle_errors, print_json, store_path
+from hashae.cli.common import JsonOption, StoreOption, handle_errors, print_json, store_path
 
 SKIPPED_SHOWN = 20
 
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 @handle_errors
 def info(store: Path = StoreOption, as_json: bool = JsonOption) -> None:
     """Items, skipped files and why, models and their code statistics."""
-    from index.store import Store
+    from hashae.index.store import Store
 
     with Store.open(store_path(store)) as opened:
         document = opened.info()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import handle_errors
+from hashae.cli.common import handle_errors
 
 FLIPPED = (0.84, 0.15, 0.16)  # red: a bit the corruption changed
 

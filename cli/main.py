@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from cli import bench, datasets, generate, index_cmd, info, query, train
-from cli import inspect as inspect_cmd
-from cli import serve
+from hashae.cli import bench, datasets, generate, index_cmd, info, query, train
+from hashae.cli import inspect as inspect_cmd
+from hashae.cli import serve
 
 app = typer.Typer(
     name="hashae",

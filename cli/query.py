@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import JsonOption, StoreOption, fail, handle_errors, print_json, store_path
+from hashae.cli.common import JsonOption, StoreOption, fail, handle_errors, print_json, store_path
 
 
 def register(app: typer.Typer) -> None:
@@ -25,8 +25,8 @@ def query(
     as_json: bool = JsonOption,
 ) -> None:
     """Find the indexed items most similar to each query."""
-    from index.query import QueryEngine
-    from index.store import Store
+    from hashae.index.query import QueryEngine
+    from hashae.index.store import Store
 
     if not images and not ids:
         raise fail("give at least one image file or --id", 2)
@@ -40,7 +40,7 @@ def query(
             else:
                 print_table(answer)
         if sheet:
-            from index.sheets import contact_sheet
+            from hashae.index.sheets import contact_sheet
 
             contact_sheet(engine, answers, sheet)
             if not as_json:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import StoreOption, fail, handle_errors, store_path
+from hashae.cli.common import StoreOption, fail, handle_errors, store_path
 
 
 def register(app: typer.Typer) -> None:
@@ -28,8 +28,8 @@ def serve(
     """Serve the store over HTTP: a JSON API and a web page to search it by image or by item."""
     import uvicorn
 
-    from index.server import ServerSettings, create_app, is_loopback
-    from index.store import Store
+    from hashae.index.server import ServerSettings, create_app, is_loopback
+    from hashae.index.store import Store
 
     settings = ServerSettings(
         host=host,

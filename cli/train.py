@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from cli.common import JsonOption, QuietOption, fail, handle_errors, print_json
+from hashae.cli.common import JsonOption, QuietOption, fail, handle_errors, print_json
 
 
 def parse_settings(settings: list[str]) -> dict[str, Any]:

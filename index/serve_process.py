@@ -19,14 +19,14 @@ ADDRESS_LINE = re.compile(r"at (http://\S+?)/?(\s|$)")
 
 
 class ServeProcess:
-    """`python -m cli.main serve --store STORE --port 0 --host 127.0.0.1 *args`; .url once it listens.
+    """`python -m hashae.cli.main serve --store STORE --port 0 --host 127.0.0.1 *args`; .url once it listens.
 
     Entering waits (at most `timeout` seconds) for the line naming its address and raises
     RuntimeError with the server's output when none comes; leaving stops it (terminate, then kill).
     """
 
     def __init__(self, store: Path, *args: str, timeout: float = 120.0) -> None:
-        self.command = [sys.executable, "-m", "cli.main", "serve", "--store", str(store), "--port", "0", "--host", "127.0.0.1", *args]
+        self.command = [sys.executable, "-m", "hashae.cli.main", "serve", "--store", str(store), "--port", "0", "--host", "127.0.0.1", *args]
         self.timeout = timeout
         self.url: str | None = None
         self.output: list[str] = []

@@ -39,7 +39,7 @@ import numpy as np
 from hashae.codes import check_codes, check_nbits
 from hashae.durable import fsync_folder, write_synced
 from hashae.errors import HashaeError
-from index.catalogue import (
+from hashae.index.catalogue import (
     Catalogue,
     Generation,
     ItemInfo,
@@ -49,8 +49,8 @@ from index.catalogue import (
     SkippedFile,
     StoreError,
 )
-from index.hamming import HammingIndex, IndexFileError
-from index.latent import LatentError, LatentIndex, check_latents
+from hashae.index.hamming import HammingIndex, IndexFileError
+from hashae.index.latent import LatentError, LatentIndex, check_latents
 
 __all__ = [
     "DEFAULT_STORE",

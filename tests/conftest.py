@@ -188,7 +188,7 @@ def write_odd_files(folder: Path, *, sub: str = "odd", seed: int = 0) -> tuple[l
 
 def index_quietly(store: Path, folder: Path, **options: Any):
     """index_folder in-process, on the CPU, with 1 training epoch unless told otherwise."""
-    from index.pipeline import IndexOptions, index_folder
+    from hashae.index.pipeline import IndexOptions, index_folder
 
     settings = {"epochs": INDEX_EPOCHS, "show_progress": False, "device": "cpu", **options}
     return index_folder(store, folder, IndexOptions(**settings))
@@ -196,7 +196,7 @@ def index_quietly(store: Path, folder: Path, **options: Any):
 
 def store_state(store: Path) -> dict[str, tuple[int, bytes, str | None]]:
     """The newest committed generation as {path: (id, code bytes, label)}."""
-    from index.store import Store
+    from hashae.index.store import Store
 
     with Store.open(store) as opened:
         snapshot = opened.snapshot()

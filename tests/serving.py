@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from index.serve_process import ServeProcess
+from hashae.cli.main import app
+from hashae.index.serve_process import ServeProcess
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 N_IMAGES = 200

@@ -16,8 +16,8 @@ import typer
 from conftest import index_quietly, store_state
 from typer.testing import CliRunner
 
-from cli.main import app
-from index.store import Store
+from hashae.cli.main import app
+from hashae.index.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"rank", "id", "path", "label", "distance"}
@@ -325,7 +325,7 @@ def test_query_path_does_not_import_torch():
 def test_cold_query_does_not_import_torch(catalogue):
     _, store, ids, _, _, _ = catalogue
     code = (
-        "import sys; from cli.main import app\n"
+        "import sys; from hashae.cli.main import app\n"
         "try:\n    app(sys.argv[1:])\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

@@ -19,7 +19,7 @@ import pytest
 from conftest import draw_images, image_paths, index_quietly, store_state
 from typer.testing import CliRunner
 
-from cli.main import app
+from hashae.cli.main import app
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 16  # encode batch size in the crash runs, so a run writes several catalogue transactions
@@ -32,8 +32,8 @@ BATCH = 16  # encode batch size in the crash runs, so a run writes several catal
 CRASH_RUNNER = f"""
 import os, signal, sys, time
 step, args = sys.argv[1], sys.argv[2:]
-import index.pipeline as pipeline
-from index.store import Writer
+import hashae.index.pipeline as pipeline
+from hashae.index.store import Writer
 pipeline.ENCODE_BATCH = {BATCH}
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 if step.startswith("batch:"):
@@ -56,7 +56,7 @@ elif step == "pause":
     pipeline.plan_changes = paused_plan
 elif step:
     Writer._at = lambda self, name: die() if name == step else None
-from cli.main import app
+from hashae.cli.main import app
 app(args, prog_name="hashae")
 """
 

@@ -14,9 +14,9 @@ import pytest
 from conftest import draw_images, image_paths, index_quietly, store_state, write_odd_files
 from typer.testing import CliRunner
 
-from cli.main import app
+from hashae.cli.main import app
 from hashae.errors import DataError
-from index.store import Store
+from hashae.index.store import Store
 
 
 def info_json(store) -> dict:

@@ -19,8 +19,8 @@ from PIL import Image
 from serving import Server, cli, copy_store, small_store, wait_for
 from typer.testing import CliRunner
 
-from cli.main import app
-from index.store import Store
+from hashae.cli.main import app
+from hashae.index.store import Store
 
 CLI_RESULT_KEYS = {"rank", "id", "path", "label", "distance"}
 UPLOAD_LIMIT_MB = 0.05  # the guarded server's body cap: 52,428 bytes
@@ -253,7 +253,7 @@ def test_queries_keep_succeeding_while_the_store_is_reindexed(store, tmp_path):
         shooter.start()
         try:
             run = subprocess.run(
-                [sys.executable, "-m", "cli.main", "index", str(images), "--store", str(store_dir), "-q"],
+                [sys.executable, "-m", "hashae.cli.main", "index", str(images), "--store", str(store_dir), "-q"],
                 capture_output=True, text=True, timeout=600,
             )
             moved = wait_for(lambda: http.get("/api/health").json()["generation"] > before, timeout=30)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from hashae.codes import hamming_distances
-from index.catalogue import Catalogue, NewItem, StoreError
-from index.store import QueryError, Store
+from hashae.index.catalogue import Catalogue, NewItem, StoreError
+from hashae.index.store import QueryError, Store
 
 REPO = Path(__file__).resolve().parents[1]
 BITS, DIM = 32, 8
@@ -25,8 +25,8 @@ BITS, DIM = 32, 8
 DRIVER = r'''
 import hashlib, os, signal, sys
 import numpy as np
-from index.catalogue import Catalogue
-from index.store import NewItem, Store, Writer
+from hashae.index.catalogue import Catalogue
+from hashae.index.store import NewItem, Store, Writer
 
 
 def wanted_files(version):
