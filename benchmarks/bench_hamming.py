@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import faiss
 import numpy as np
 
-from hashae.index.hamming import HammingIndex
+from hashae.index.backends.local.hamming import HammingIndex
 
 BALL_RADII = (1, 2, 3)
 

@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 @handle_errors
 def info(store: Path = StoreOption, as_json: bool = JsonOption) -> None:
     """Items, skipped files and why, models and their code statistics."""
-    from hashae.index.store import Store
+    from hashae.index.backends.local.store import Store
 
     with Store.open(store_path(store)) as opened:
         document = opened.info()

@@ -26,7 +26,7 @@ def query(
 ) -> None:
     """Find the indexed items most similar to each query."""
     from hashae.index.query import QueryEngine
-    from hashae.index.store import Store
+    from hashae.index.backends.local.store import Store
 
     if not images and not ids:
         raise fail("give at least one image file or --id", 2)

@@ -29,7 +29,7 @@ def serve(
     import uvicorn
 
     from hashae.index.server import ServerSettings, create_app, is_loopback
-    from hashae.index.store import Store
+    from hashae.index.backends.local.store import Store
 
     settings = ServerSettings(
         host=host,

@@ -26,7 +26,7 @@ from hashae.baselines import METHODS as BASELINES
 from hashae.baselines import fit_hash
 from hashae.data import ArrayDataset, load_fashion_mnist, load_source
 from hashae.errors import ConfigError, DataError
-from hashae.index.hamming import HammingIndex
+from hashae.index.backends.local.hamming import HammingIndex
 
 VARIANTS = ("linear", "undercomplete", "sparse", "denoising", "contractive")
 FLOATS = ("vae", "pixels")

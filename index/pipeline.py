@@ -28,7 +28,7 @@ from hashae.data import ImageFile, decode_image, detect_channels, list_images
 from hashae.errors import ConfigError, DataError
 from hashae.inference import InferenceEncoder
 from hashae.progress import progress_bar
-from hashae.index.store import LiveItem, NewItem, Store, Writer
+from hashae.index.backends.local.store import LiveItem, NewItem, Store, Writer
 
 ENCODE_BATCH = 1024
 MAX_TRAIN_ITEMS = 100_000  # training sample cap for very large folders; the rest is only encoded

@@ -17,7 +17,7 @@ import numpy as np
 from hashae.data import decode_image
 from hashae.errors import HashaeError
 from hashae.inference import InferenceEncoder
-from hashae.index.store import QUERY_MODES, Hit, QueryError, Snapshot, Store
+from hashae.index.backends.local.store import QUERY_MODES, Hit, QueryError, Snapshot, Store
 
 DEFAULT_K = 10
 

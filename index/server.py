@@ -48,9 +48,9 @@ from starlette.datastructures import UploadFile
 
 from hashae.data import decode_image
 from hashae.errors import DataError, HashaeError
-from hashae.index.catalogue import StoreError
+from hashae.index.backends.local.catalogue import StoreError
 from hashae.index.query import DEFAULT_K, QueryEngine
-from hashae.index.store import QUERY_MODES, QueryError, Store
+from hashae.index.backends.local.store import QUERY_MODES, QueryError, Store
 
 logger = logging.getLogger("hashae.server")
 

@@ -40,7 +40,7 @@ def _query_pixels(engine, answer) -> np.ndarray:
 
 
 def _hit_for(item_id: int):
-    from hashae.index.store import Hit
+    from hashae.index.backends.local.store import Hit
 
     return Hit(item_id, 0)
 

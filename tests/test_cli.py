@@ -17,7 +17,7 @@ from conftest import index_quietly, store_state
 from typer.testing import CliRunner
 
 from hashae.cli.main import app
-from hashae.index.store import Store
+from hashae.index.backends.local.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"rank", "id", "path", "label", "distance"}

@@ -33,7 +33,7 @@ CRASH_RUNNER = f"""
 import os, signal, sys, time
 step, args = sys.argv[1], sys.argv[2:]
 import hashae.index.pipeline as pipeline
-from hashae.index.store import Writer
+from hashae.index.backends.local.store import Writer
 pipeline.ENCODE_BATCH = {BATCH}
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 if step.startswith("batch:"):

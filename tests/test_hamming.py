@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import hashae.index.hamming as hamming
+import hashae.index.backends.local.hamming as hamming
 from hashae.codes import hamming_distances, pack_bits
 from hashae.errors import CodeError, HashaeError
-from hashae.index.hamming import DuplicateIdError, HammingIndex, IndexFileError, UnknownIdError
+from hashae.index.backends.local.hamming import DuplicateIdError, HammingIndex, IndexFileError, UnknownIdError
 
 BITS = (16, 32, 64, 128)
 STRATEGIES = ("auto", "probe", "scan")

@@ -4,7 +4,7 @@ import faiss
 import numpy as np
 import pytest
 
-from hashae.index.latent import LatentError, LatentIndex
+from hashae.index.backends.local.latent import LatentError, LatentIndex
 
 DIM = 6
 

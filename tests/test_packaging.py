@@ -32,8 +32,8 @@ def test_wheel_installs_only_the_hashae_package(tmp_path):
     assert installed == {"hashae"}
     assert (target / "hashae" / "index" / "static" / "index.html").is_file()
     probe = (
-        "import importlib.util, hashae.index.store, hashae.cli.main; "
-        "assert hashae.index.store.__file__.startswith(%r), hashae.index.store.__file__; "
+        "import importlib.util, hashae.index.backends.local.store, hashae.cli.main; "
+        "assert hashae.index.backends.local.store.__file__.startswith(%r), hashae.index.backends.local.store.__file__; "
         "assert importlib.util.find_spec('index') is None and importlib.util.find_spec('cli') is None"
     ) % str(target)
     result = subprocess.run(

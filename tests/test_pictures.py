@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from serving import cli, small_store
 
-from hashae.index.store import Store
+from hashae.index.backends.local.store import Store
 
 TILE = 28 * 3  # the 28-pixel images drawn 3 times larger
 PAD = 4  # hashae.images.captioned_grid's padding

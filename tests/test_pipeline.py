@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from hashae.cli.main import app
 from hashae.errors import DataError
-from hashae.index.store import Store
+from hashae.index.backends.local.store import Store
 
 
 def info_json(store) -> dict:

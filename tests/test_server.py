@@ -20,7 +20,7 @@ from serving import Server, cli, copy_store, small_store, wait_for
 from typer.testing import CliRunner
 
 from hashae.cli.main import app
-from hashae.index.store import Store
+from hashae.index.backends.local.store import Store
 
 CLI_RESULT_KEYS = {"rank", "id", "path", "label", "distance"}
 UPLOAD_LIMIT_MB = 0.05  # the guarded server's body cap: 52,428 bytes

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from hashae.codes import hamming_distances
-from hashae.index.catalogue import Catalogue, NewItem, StoreError
-from hashae.index.store import QueryError, Store
+from hashae.index.backends.local.catalogue import Catalogue, NewItem, StoreError
+from hashae.index.backends.local.store import QueryError, Store
 
 REPO = Path(__file__).resolve().parents[1]
 BITS, DIM = 32, 8
@@ -25,8 +25,8 @@ BITS, DIM = 32, 8
 DRIVER = r'''
 import hashlib, os, signal, sys
 import numpy as np
-from hashae.index.catalogue import Catalogue
-from hashae.index.store import NewItem, Store, Writer
+from hashae.index.backends.local.catalogue import Catalogue
+from hashae.index.backends.local.store import NewItem, Store, Writer
 
 
 def wanted_files(version):
@@ -374,7 +374,7 @@ def test_purge_keeps_the_previous_generation(reference_stores, tmp_path):
 
 def test_second_writer_is_refused_while_another_process_holds_the_lock(store_v1):
     holder_code = (
-        "import sys, time\nfrom index.store import Store\n"
+        "import sys, time\nfrom hashae.index.backends.local.store import Store\n"
         f"writer = Store.open({str(store_v1)!r}).writer()\nwriter.__enter__()\n"
         "print('locked', flush=True)\ntime.sleep(60)\n"
     )

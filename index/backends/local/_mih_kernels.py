@@ -6,7 +6,7 @@ that only scans (a cold CLI query, a small index) never pays numba's import and 
 import numpy as np
 from numba import njit
 
-from hashae.index.hamming import COST_PER_BUCKET, COST_PER_CANDIDATE_WORD, COST_PER_ROUND
+from hashae.index.backends.local.hamming import COST_PER_BUCKET, COST_PER_CANDIDATE_WORD, COST_PER_ROUND
 
 # ---- compiled kernels ---------------------------------------------------------------------------
 # numba: a round probes thousands of buckets and candidates; in numpy each round would cost dozens

@@ -393,13 +393,13 @@ class _MultiIndexTables:
     def knn(self, query_words: np.ndarray, *, budget: float, distances: np.ndarray, rows: np.ndarray) -> bool:
         """Write the len(rows) nearest items, sorted, into distances and rows (left as they are past
         the last item found); False, writing nothing, once probing has cost more than budget."""
-        from hashae.index._mih_kernels import _knn_kernel
+        from hashae.index.backends.local._mih_kernels import _knn_kernel
 
         return _knn_kernel(*self._kernel_arguments(), query_words, float(budget), distances, rows)
 
     def ball(self, query_words: np.ndarray, radius: int, *, budget: float) -> np.ndarray | None:
         """Sort keys of every item within radius, or None when probing would cost more than budget."""
-        from hashae.index._mih_kernels import _ball_kernel
+        from hashae.index.backends.local._mih_kernels import _ball_kernel
 
         keys, complete = _ball_kernel(*self._kernel_arguments(), query_words, radius, float(budget))
         return np.sort(keys) if complete else None

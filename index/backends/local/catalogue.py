@@ -33,6 +33,7 @@ from sqlite_utils import Database
 
 from hashae.codes import check_codes
 from hashae.errors import HashaeError
+from hashae.index.backends.base import ItemInfo, LiveItem, ModelRecord, NewItem, SkippedFile, StoreError
 
 FORMAT_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
@@ -92,70 +93,6 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-class StoreError(HashaeError):
-    """The store or its catalogue is missing, locked by another writer, inconsistent, or too new."""
-
-
-# ---------------------------------------------------------------------------------------- records
-@dataclass(frozen=True)
-class NewItem:
-    """What the writer knows of a file before it gets an id (path relative to the source root)."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    content_hash: str  # blake2b hex digest of the file bytes
-    label: str | None = None
-
-
-@dataclass(frozen=True)
-class LiveItem:
-    """A live row as the incremental diff needs it: is the file on disk still the same?"""
-
-    id: int
-    size: int
-    mtime_ns: int
-    content_hash: str
-
-
-@dataclass(frozen=True)
-class ItemInfo:
-    """The metadata of one item row (not its code or latent)."""
-
-    id: int
-    path: str
-    label: str | None
-    size: int
-    mtime_ns: int
-    content_hash: str
-    added_gen: int
-    removed_gen: int | None
-    added_at: str
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file the reader could not use, and why."""
-
-    path: str
-    reason: str
-    size: int | None
-    mtime_ns: int | None
-    seen_at: str
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """A trained model: its checkpoint folder `dir` is relative to the store folder."""
-
-    id: int
-    role: str
-    dir: str
-    kind: str
-    created_at: str
-    info: dict[str, Any]
-
-
 @dataclass(frozen=True)
 class Generation:
     """A committed generation: its index files (names inside indexes/), their digests, its settings."""
@@ -170,6 +107,7 @@ class Generation:
     hamming_blake2b: str
     latent_blake2b: str
     settings: dict[str, Any]
+
 
 
 # -------------------------------------------------------------------------------------- catalogue

@@ -39,7 +39,7 @@ import numpy as np
 from hashae.codes import check_codes, check_nbits
 from hashae.durable import fsync_folder, write_synced
 from hashae.errors import HashaeError
-from hashae.index.catalogue import (
+from hashae.index.backends.local.catalogue import (
     Catalogue,
     Generation,
     ItemInfo,
@@ -49,8 +49,8 @@ from hashae.index.catalogue import (
     SkippedFile,
     StoreError,
 )
-from hashae.index.hamming import HammingIndex, IndexFileError
-from hashae.index.latent import LatentError, LatentIndex, check_latents
+from hashae.index.backends.local.hamming import HammingIndex, IndexFileError
+from hashae.index.backends.local.latent import LatentError, LatentIndex, check_latents
 
 __all__ = [
     "DEFAULT_STORE",

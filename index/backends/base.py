@@ -1,0 +1,227 @@
+"""The store backend interface: what the pipeline, the search module, the server and the CLI may
+use of a store, whatever holds the vectors (the local FAISS + multi-index hashing + SQLite store, or
+Milvus). Nothing outside index/backends imports a backend's own modules: they open a store with
+hashae.index.backends.open_store and talk to these Protocols.
+
+    StoreBackend      settings, live items, models, info; writer() and snapshot()
+    WriteTransaction  changes towards the next generation, published by commit()
+    ReadView          one committed generation: Hamming k-NN and range, latent k-NN, vectors and
+                      metadata by id. Searches return Results: one list of Hit per query, sorted by
+                      (distance, id), no padding. Exact backends equal brute force, ties by id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from hashae.errors import HashaeError
+from hashae.index.settings import StoreSettings
+
+class StoreError(HashaeError):
+    """The store or its catalogue is missing, locked by another writer, inconsistent, or too new."""
+
+
+# ---------------------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class NewItem:
+    """What the writer knows of a file before it gets an id (path relative to the source root)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str  # blake2b hex digest of the file bytes
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class LiveItem:
+    """A live row as the incremental diff needs it: is the file on disk still the same?"""
+
+    id: int
+    size: int
+    mtime_ns: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """The metadata of one item row (not its code or latent)."""
+
+    id: int
+    path: str
+    label: str | None
+    size: int
+    mtime_ns: int
+    content_hash: str
+    added_gen: int
+    removed_gen: int | None
+    added_at: str
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file the reader could not use, and why."""
+
+    path: str
+    reason: str
+    size: int | None
+    mtime_ns: int | None
+    seen_at: str
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A trained model: its checkpoint folder `dir` is relative to the store folder."""
+
+    id: int
+    role: str
+    dir: str
+    kind: str
+    created_at: str
+    info: dict[str, Any]
+
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result.
+
+    distance: Hamming distance in bits (int) for Hamming searches; squared L2 distance between VAE
+    means (float) for latent searches. path and label are filled in from the item's metadata by
+    the search module (None before).
+    """
+
+    id: int
+    distance: int | float
+    path: str | None = None
+    label: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Results = list[list[Hit]]  # one list per query, best first, sorted by (distance, id), no padding
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    """The catalogue records of the two models a generation's vectors were made with."""
+
+    hashing: ModelRecord
+    latent: ModelRecord
+
+
+@runtime_checkable
+class ReadView(Protocol):
+    """One committed generation, read-only, whatever writers do meanwhile."""
+
+    @property
+    def gen(self) -> int: ...
+
+    @property
+    def settings(self) -> StoreSettings: ...
+
+    @property
+    def n_items(self) -> int: ...
+
+    def is_stale(self) -> bool:
+        """True once a newer generation is committed (take a new snapshot to see it)."""
+
+    def models(self) -> ModelPair | None:
+        """The models this generation's codes and latents were made with (None: no models yet)."""
+
+    def model_dir(self, model: ModelRecord) -> Path:
+        """The checkpoint folder of a model record."""
+
+    def items(self, ids: Iterable[int]) -> dict[int, ItemInfo]:
+        """Metadata of visible items by id (unknown ids are absent)."""
+
+    def item_ids(self) -> np.ndarray:
+        """Every visible id, int64 (n,), ascending."""
+
+    def search_hamming(self, codes: np.ndarray, *, k: int) -> Results:
+        """Hamming k-NN of packed uint8 codes (nq, bits/8); distances in bits."""
+
+    def range_hamming(self, codes: np.ndarray, *, radius: int) -> Results:
+        """Every item within Hamming distance <= radius of each code."""
+
+    def search_latent(self, latents: np.ndarray, *, k: int) -> Results:
+        """k-NN of float32 latents (nq, latent_dim) by squared L2."""
+
+    def codes_of(self, ids: np.ndarray) -> np.ndarray:
+        """Stored packed codes uint8 (n, bits/8) of visible ids (KeyError-like HashaeError if unknown)."""
+
+    def latents_of(self, ids: np.ndarray) -> np.ndarray:
+        """Stored latents float32 (n, latent_dim) of visible ids."""
+
+
+@runtime_checkable
+class WriteTransaction(Protocol):
+    """Changes towards the next generation, made by the one writer; commit() publishes them.
+
+    Leaving the writer without commit() keeps what was added: the next writer commits it."""
+
+    def live_items(self) -> dict[str, LiveItem]:
+        """Every live row by path, pending ones included."""
+
+    def set_settings(self, settings: StoreSettings) -> None:
+        """The settings the next commit freezes into its generation."""
+
+    def add_items(self, rows: Sequence[NewItem], codes: np.ndarray, latents: np.ndarray) -> np.ndarray:
+        """Add rows with codes uint8 (n, bits/8) and latents float32 (n, latent_dim); returns ids."""
+
+    def remove_items(self, ids: Iterable[int]) -> None:
+        """Drop live rows (deleted files, or the old row of a changed file)."""
+
+    def update_mtimes(self, entries: Iterable[tuple[int, int]]) -> None:
+        """Record new mtimes (id, mtime_ns) of touched files whose content did not change."""
+
+    def record_skipped(self, entries: Iterable[tuple[str, str, int | None, int | None]]) -> None:
+        """Record unusable files as (path, reason, size, mtime_ns)."""
+
+    def clear_skipped(self, paths: Iterable[str]) -> None:
+        """Forget skipped files that were fixed, indexed or deleted."""
+
+    def add_models(self, *, hashing: dict[str, Any], latent: dict[str, Any]) -> ModelPair:
+        """Record a new pair of checkpoint folders in one transaction (each: dir, kind, info)."""
+
+    def commit(self, *, models: ModelPair) -> int:
+        """Publish the next generation, made with `models`; returns its number."""
+
+
+@runtime_checkable
+class StoreBackend(Protocol):
+    """A store: its settings, models and items, one writer at a time, any number of readers."""
+
+    root: Path
+
+    def settings(self) -> StoreSettings | None:
+        """The working settings (None for a store nothing was indexed into yet)."""
+
+    def latest_models(self) -> ModelPair | None:
+        """The newest recorded model pair."""
+
+    @property
+    def models_dir(self) -> Path:
+        """Where new checkpoint folders go (record them with WriteTransaction.add_models)."""
+
+    def model_dir(self, model: ModelRecord) -> Path: ...
+
+    def skipped(self) -> list[SkippedFile]: ...
+
+    def writer(self) -> AbstractContextManager[WriteTransaction]:
+        """Hold the store's write lock; StoreError when another writer holds it."""
+
+    def snapshot(self) -> ReadView:
+        """A read view of the newest committed generation (takes no lock)."""
+
+    def info(self) -> dict[str, Any]:
+        """What `hashae info --json` prints."""
+
+    def close(self) -> None: ...
