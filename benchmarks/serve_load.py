@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from hashae.index.serve_process import ServeProcess
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.serving
+from tests.serving import ServeProcess  # noqa: E402
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""`hashae serve --store .hashae`: the retrieval service and its web page (see index/server.py)."""
+"""`hashae serve --store .hashae`: the retrieval service and its web page (see index/server/)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def serve(
     """Serve the store over HTTP: a JSON API and a web page to search it by image or by item."""
     import uvicorn
 
+    from hashae.index.backends import open_store
     from hashae.index.server import ServerSettings, create_app, is_loopback
-    from hashae.index.backends.local.store import Store
 
     settings = ServerSettings(
         host=host,
@@ -38,7 +38,7 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         refresh_interval=refresh,
     )
-    opened = Store.open(store_path(store), check_same_thread=False)
+    opened = open_store(store_path(store))
     try:
         app = create_app(opened, settings)
         sock = _listen(host, port)

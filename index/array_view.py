@@ -15,14 +15,8 @@ import numpy as np
 
 from hashae.codes import check_codes
 from hashae.errors import HashaeError
-from hashae.index.backends.base import Hit, ItemInfo, ModelPair, ModelRecord, Results
+from hashae.index.backends.base import Hit, ItemInfo, ModelPair, ModelRecord, Results, UnknownItemError
 from hashae.index.settings import StoreSettings
-
-
-class UnknownItemError(HashaeError, KeyError):
-    """Ids asked of an ArrayView are not in it."""
-
-    __str__ = Exception.__str__
 
 
 class ArrayView:
@@ -54,6 +48,7 @@ class ArrayView:
         self._ids, self._codes, self._latents = ids[order], codes[order], latents[order]
         self._paths = None if paths is None else [paths[i] for i in order]
         self._labels = None if labels is None else [labels[i] for i in order]
+        self._created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._settings = StoreSettings(bits=codes.shape[1] * 8, latent_dim=latents.shape[1], image_size=image_size, channels=channels)
 
     # --------------------------------------------------------------------------- ReadView
@@ -69,6 +64,10 @@ class ArrayView:
     def n_items(self) -> int:
         return len(self._ids)
 
+    @property
+    def committed_at(self) -> str:
+        return self._created_at
+
     def is_stale(self) -> bool:
         return False
 
@@ -81,13 +80,12 @@ class ArrayView:
     def items(self, ids: Iterable[int]) -> dict[int, ItemInfo]:
         wanted = np.fromiter((int(i) for i in ids), dtype=np.int64)
         rows = self._rows(wanted, strict=False)
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         found = {}
         for item, row in zip(wanted.tolist(), rows.tolist()):
             if row >= 0:
                 path = self._paths[row] if self._paths is not None else str(item)
                 label = self._labels[row] if self._labels is not None else None
-                found[item] = ItemInfo(item, path, label, 0, 0, "", 1, None, now)
+                found[item] = ItemInfo(item, path, label, 0, 0, "", 1, None, self._created_at)
         return found
 
     def item_ids(self) -> np.ndarray:

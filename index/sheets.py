@@ -8,6 +8,8 @@ import numpy as np
 
 from hashae.errors import HashaeError
 from hashae.images import captioned_grid
+from hashae.index.backends.base import Hit
+from hashae.index.search import with_metadata
 
 
 def contact_sheet(engine, answers, out: Path, *, scale: int = 3) -> Path:
@@ -27,22 +29,15 @@ def contact_sheet(engine, answers, out: Path, *, scale: int = 3) -> Path:
     for row in rows:
         sheet.paste(row, (0, y))
         y += row.height
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    sheet.save(out)  # into an existing folder only: a missing one is the caller's mistake to report
     return Path(out)
 
 
 def _query_pixels(engine, answer) -> np.ndarray:
     if isinstance(answer.query, int):
-        hit = engine.snapshot.with_metadata([[_hit_for(answer.query)]])[0][0]
+        hit = with_metadata(engine.view, [[Hit(answer.query, 0)]])[0][0]
         return _item_pixels(engine, hit)
     return engine.decode(Path(answer.query))
-
-
-def _hit_for(item_id: int):
-    from hashae.index.backends.local.store import Hit
-
-    return Hit(item_id, 0)
 
 
 def _item_pixels(engine, hit) -> np.ndarray:
@@ -50,7 +45,7 @@ def _item_pixels(engine, hit) -> np.ndarray:
     try:
         return engine.decode(engine.source_path(hit))
     except (HashaeError, OSError):
-        channels, size = engine.settings["channels"], engine.settings["image_size"]
+        channels, size = engine.settings.channels, engine.settings.image_size
         return np.full((channels, size, size), 0.5, dtype=np.float32)
 
 

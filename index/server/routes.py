@@ -1,0 +1,178 @@
+"""The JSON API's endpoints. Every answer comes from one generation (holder.served, taken once per
+request); searches go through its QueryEngine only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from hashae.index.backends.base import ItemInfo
+from hashae.index.query import DEFAULT_K, QUERY_MODES, TIE_ORDERS, Answer
+from hashae.index.server.engines import EngineHolder, Served, now
+from hashae.index.server.errors import answer_or_error
+from hashae.index.server.settings import ServerSettings
+from hashae.index.server.thumbnails import MAX_SIDE, MIN_SIDE, ThumbnailCache
+from hashae.index.server.uploads import uploaded_image
+
+MAX_K = 1000
+MAX_SAMPLE = 200
+TIES_HELP = "Order within equal Hamming distance: latent (by VAE-mean distance, the default) or id."
+
+
+def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> None:
+    """Register the /api endpoints on app."""
+    thumbnails = ThumbnailCache()
+    started_at = now()
+
+    @app.get("/api/health", summary="Liveness and the generation being served")
+    def health() -> dict[str, Any]:
+        served = holder.served
+        return {"status": "ok", "generation": served.gen, "items": len(served.ids)}
+
+    @app.get("/api/stats", summary="The store being served")
+    def stats() -> dict[str, Any]:
+        served = holder.served
+        view = served.engine.view
+        models = view.models()
+        records = {"hashing": models.hashing, "latent": models.latent} if models else {"hashing": None, "latent": None}
+        conf = view.settings
+        return {
+            "store": str(holder.store.root),
+            "generation": served.gen,
+            "committed_at": view.committed_at,
+            "items": len(served.ids),
+            "bits": conf.bits,
+            "latent_dim": conf.latent_dim,
+            "image_size": conf.image_size,
+            "channels": conf.channels,
+            "labels": served.label_counts,
+            "models": {role: None if r is None else {"id": r.id, "kind": r.kind, "created_at": r.created_at} for role, r in records.items()},
+            "modes": list(QUERY_MODES),
+            "ties": list(TIE_ORDERS),
+            "served_since": started_at,
+            "generation_loaded_at": served.loaded_at,
+            "refreshes": holder.refreshes,
+            "refresh_error": holder.last_refresh_error,
+        }
+
+    @app.get("/api/items", summary="A random sample of indexed items (optionally of one label)")
+    def sample_items(
+        limit: int = Query(24, ge=1, le=MAX_SAMPLE),
+        label: str | None = Query(None, description="Only items with this label."),
+        seed: int | None = Query(None, description="Repeatable sample."),
+    ) -> dict[str, Any]:
+        served = holder.served
+        ids = served.ids if label is None else served.ids[served.labels == label]
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(ids, size=min(limit, len(ids)), replace=False)) if len(ids) else ids
+        items = served.engine.view.items(chosen.tolist())
+        return {
+            "generation": served.gen,
+            "total": int(len(ids)),
+            "items": [_item_summary(items[i]) for i in chosen.tolist() if i in items],
+        }
+
+    @app.get("/api/items/{item_id}", summary="One indexed item's metadata and code")
+    def item(item_id: int) -> dict[str, Any]:
+        def work(served: Served) -> dict[str, Any]:
+            info = _visible_item(served, item_id)
+            code = served.engine.codes_of([item_id])[0]
+            return {**_item_summary(info), "size": info.size, "added_at": info.added_at, "generation": served.gen, "code": _bits(code)}
+
+        return answer_or_error(holder, work)
+
+    @app.get(
+        "/api/items/{item_id}/thumbnail",
+        summary="An indexed item's picture (PNG)",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    def thumbnail(item_id: int, size: int | None = Query(None, ge=MIN_SIDE, le=MAX_SIDE)) -> Response:
+        def work(served: Served) -> bytes:
+            info = _visible_item(served, item_id)
+            return thumbnails.png(served.engine, info, side=size or served.engine.settings.image_size)
+
+        png = answer_or_error(holder, work)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+    @app.get("/api/query", summary="Neighbours of an indexed item")
+    def query_by_id(
+        id: int = Query(..., description="An indexed item's id."),
+        k: int | None = Query(None, ge=1, le=MAX_K, description=f"Results (default {DEFAULT_K}; with a radius, every item within it up to {MAX_K})."),
+        mode: str = Query("hamming", description="hamming, latent or hybrid."),
+        radius: int | None = Query(None, ge=0, description="Every item within this many bit flips (hamming mode)."),
+        ties: str = Query("latent", description=TIES_HELP),
+    ) -> dict[str, Any]:
+        def work(served: Served) -> dict[str, Any]:
+            if not served.contains(id):
+                raise HTTPException(status_code=404, detail=f"no item with id {id} in the index (generation {served.gen})")
+            answer = served.engine.query_id(id, mode=mode, k=_bounded(k, radius), radius=radius, ties=ties)
+            return _answer_document(served, answer)
+
+        return answer_or_error(holder, work)
+
+    @app.post(
+        "/api/query",
+        summary="Neighbours of an uploaded image",
+        description=f"Send the image as the multipart form field `image`, or as the raw request body. At most {settings.max_upload_bytes} bytes.",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}, "required": ["image"]}
+                    },
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+            }
+        },
+    )
+    async def query_by_image(
+        request: Request,
+        k: int | None = Query(None, ge=1, le=MAX_K),
+        mode: str = Query("hamming"),
+        radius: int | None = Query(None, ge=0),
+        ties: str = Query("latent", description=TIES_HELP),
+    ) -> dict[str, Any]:
+        data, name = await uploaded_image(request)
+
+        def work(served: Served) -> dict[str, Any]:
+            answer = served.engine.query_image(data, label=name, mode=mode, k=_bounded(k, radius), radius=radius, ties=ties)
+            return _answer_document(served, answer)
+
+        return await run_in_threadpool(answer_or_error, holder, work)
+
+
+def _visible_item(served: Served, item_id: int) -> ItemInfo:
+    """The metadata of an item of the served generation; 404 otherwise."""
+    info = served.engine.view.items([item_id]).get(item_id) if served.contains(item_id) else None
+    if info is None:
+        raise HTTPException(status_code=404, detail=f"no item with id {item_id} in the index (generation {served.gen})")
+    return info
+
+
+def _bounded(k: int | None, radius: int | None) -> int | None:
+    """k as asked; with a radius and no k, at most MAX_K items (the CLI's "all" could be the store)."""
+    return MAX_K if k is None and radius is not None else k
+
+
+def _answer_document(served: Served, answer: Answer) -> dict[str, Any]:
+    """`hashae query --json`'s line, plus the generation and each result's code bits."""
+    document = answer.as_dict()
+    codes = served.engine.codes_of([hit.id for hit in answer.hits])
+    for result, code in zip(document["results"], codes):
+        result["code"] = _bits(code)
+    document["generation"] = served.gen
+    return document
+
+
+def _item_summary(info: ItemInfo) -> dict[str, Any]:
+    return {"id": info.id, "path": info.path, "label": info.label}
+
+
+def _bits(code: np.ndarray) -> str:
+    return "".join("1" if b else "0" for b in np.unpackbits(np.asarray(code, dtype=np.uint8)))
