@@ -28,16 +28,16 @@ BATCH = 16  # encode batch size in the crash runs, so a run writes several catal
 #   ""            no kill (an uninterrupted run)
 #   "batch:N"     when the Nth catalogue batch of the encode stage is written (N = 0: just before the first)
 #   "pause"       hold the writer's lock: print READY, sleep (for the concurrent-writer test)
-#   other         at the Writer's commit step of that name (see Writer._at)
+#   other         at the write transaction's commit step of that name (see LocalWriteTransaction._at)
 CRASH_RUNNER = f"""
 import os, signal, sys, time
 step, args = sys.argv[1], sys.argv[2:]
 import hashae.index.pipeline as pipeline
-from hashae.index.backends.local.store import Writer
+from hashae.index.backends.local.writer import LocalWriteTransaction
 pipeline.ENCODE_BATCH = {BATCH}
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 if step.startswith("batch:"):
-    target, written, add_items = int(step.split(":")[1]), [0], Writer.add_items
+    target, written, add_items = int(step.split(":")[1]), [0], LocalWriteTransaction.add_items
     def counting_add_items(self, *a, **k):
         if target == 0:
             die()
@@ -46,7 +46,7 @@ if step.startswith("batch:"):
         if written[0] == target:
             die()
         return out
-    Writer.add_items = counting_add_items
+    LocalWriteTransaction.add_items = counting_add_items
 elif step == "pause":
     plan = pipeline.plan_changes
     def paused_plan(*a, **k):
@@ -55,7 +55,7 @@ elif step == "pause":
         return plan(*a, **k)
     pipeline.plan_changes = paused_plan
 elif step:
-    Writer._at = lambda self, name: die() if name == step else None
+    LocalWriteTransaction._at = lambda self, name: die() if name == step else None
 from hashae.cli.main import app
 app(args, prog_name="hashae")
 """

@@ -27,6 +27,16 @@ class StoreError(HashaeError):
     """The store or its catalogue is missing, locked by another writer, inconsistent, or too new."""
 
 
+class SearchArgumentError(HashaeError, ValueError):
+    """A read view was asked with a bad k, radius or id array."""
+
+
+class UnknownItemError(HashaeError, KeyError):
+    """Ids asked of a read view (codes_of, latents_of) are not in its generation."""
+
+    __str__ = Exception.__str__  # KeyError would print the message in quotes
+
+
 # ---------------------------------------------------------------------------------------- records
 @dataclass(frozen=True)
 class NewItem:
@@ -130,6 +140,10 @@ class ReadView(Protocol):
     @property
     def n_items(self) -> int: ...
 
+    @property
+    def committed_at(self) -> str:
+        """When this generation was committed (ISO 8601, UTC)."""
+
     def is_stale(self) -> bool:
         """True once a newer generation is committed (take a new snapshot to see it)."""
 
@@ -155,10 +169,10 @@ class ReadView(Protocol):
         """k-NN of float32 latents (nq, latent_dim) by squared L2."""
 
     def codes_of(self, ids: np.ndarray) -> np.ndarray:
-        """Stored packed codes uint8 (n, bits/8) of visible ids (KeyError-like HashaeError if unknown)."""
+        """Stored packed codes uint8 (n, bits/8) of visible ids, in order (UnknownItemError if absent)."""
 
     def latents_of(self, ids: np.ndarray) -> np.ndarray:
-        """Stored latents float32 (n, latent_dim) of visible ids."""
+        """Stored latents float32 (n, latent_dim) of visible ids, in order (UnknownItemError if absent)."""
 
 
 @runtime_checkable
@@ -181,6 +195,9 @@ class WriteTransaction(Protocol):
 
     def update_mtimes(self, entries: Iterable[tuple[int, int]]) -> None:
         """Record new mtimes (id, mtime_ns) of touched files whose content did not change."""
+
+    def pending(self) -> tuple[int, int]:
+        """(rows added, rows removed) that commit() would publish: (0, 0) for a no-op run."""
 
     def record_skipped(self, entries: Iterable[tuple[str, str, int | None, int | None]]) -> None:
         """Record unusable files as (path, reason, size, mtime_ns)."""
@@ -222,6 +239,10 @@ class StoreBackend(Protocol):
         """A read view of the newest committed generation (takes no lock)."""
 
     def info(self) -> dict[str, Any]:
-        """What `hashae info --json` prints."""
+        """What `hashae info --json` prints ("empty": true while nothing is committed)."""
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> StoreBackend: ...
+
+    def __exit__(self, *exc: object) -> None: ...

@@ -21,6 +21,7 @@ transaction per batch of items, so it is noise next to encoding the batch.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,12 +33,21 @@ import numpy as np
 from sqlite_utils import Database
 
 from hashae.codes import check_codes
-from hashae.errors import HashaeError
-from hashae.index.backends.base import ItemInfo, LiveItem, ModelRecord, NewItem, SkippedFile, StoreError
+from hashae.durable import fsync_file, fsync_folder
+from hashae.index.backends.base import (
+    ItemInfo,
+    LiveItem,
+    ModelPair,
+    ModelRecord,
+    NewItem,
+    SkippedFile,
+    StoreError,
+)
+from hashae.index.backends.local.names import name_from_db, name_to_db
+from hashae.index.backends.local.stored_settings import settings_from_stored, settings_to_stored
+from hashae.index.settings import FORMAT_VERSION, StoreSettings
 
-FORMAT_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
-ROLES = ("hashing", "latent")
 _MAX_PARAMS = 900  # ids per "IN (...)" query, below SQLite's oldest limit on bound parameters
 
 VISIBLE_AT = "added_gen <= :gen AND (removed_gen IS NULL OR removed_gen > :gen)"
@@ -106,32 +116,71 @@ class Generation:
     latent_file: str
     hamming_blake2b: str
     latent_blake2b: str
-    settings: dict[str, Any]
-
+    settings: StoreSettings
 
 
 # -------------------------------------------------------------------------------------- catalogue
 class Catalogue:
     """The SQLite catalogue of a store: items, skipped files, models, generations and settings."""
 
-    def __init__(self, path: str | Path, *, check_same_thread: bool = True):
-        """Open the catalogue at path, creating the file and its tables when missing.
+    def __init__(self, path: str | Path, *, writable: bool = False):
+        """Open the existing catalogue at path (Catalogue.create makes a new one).
 
-        check_same_thread=False lets several threads share the connection (SQLite serialises the
-        calls): for readers such as the server, whose requests run on a thread pool.
+        Read-only by default: such a connection cannot write anything, so a read-only command never
+        changes the store. writable=True for the one writer. The connection may be shared by
+        several threads (SQLite serialises the calls): the server answers requests on a pool.
+        A file that is empty, not SQLite, not a hashae catalogue or of another format version is
+        refused with a StoreError.
         """
         self.path = Path(path)
+        self.writable = writable
+        if not self.path.is_file():
+            raise StoreError(f"no catalogue at {self.path}")
+        if self.path.stat().st_size == 0:
+            raise StoreError(
+                f"the catalogue {self.path} is an empty file, not a hashae catalogue (damaged store?); "
+                "move the store folder away and run `hashae index FOLDER` again"
+            )
         try:
-            conn = sqlite3.connect(str(self.path), check_same_thread=check_same_thread)
-            self.db = Database(conn, execute_plugins=False)
+            self.db = Database(_connect(self.path, writable=writable), execute_plugins=False)
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self.db.enable_wal()
+            if writable:
+                self.db.enable_wal()
             self.db.execute("PRAGMA synchronous = FULL")
-            if not self.db["meta"].exists():
-                self._create_schema()
+            tables = set(self.db.table_names())
         except sqlite3.DatabaseError as err:
             raise StoreError(f"cannot open the catalogue {self.path}: {err}") from err
+        if not SCHEMA_TABLES <= tables:
+            self.close()
+            raise StoreError(
+                f"{self.path} is an SQLite file but not a hashae catalogue (it lacks the tables "
+                f"{', '.join(sorted(SCHEMA_TABLES - tables))}); use another --store"
+            )
         self._check_format_version()
+
+    @classmethod
+    def create(cls, path: str | Path) -> Catalogue:
+        """Make a new, empty catalogue at path and open it writable.
+
+        Built under a temporary name and renamed into place, so a crash never leaves a half-made
+        catalogue (an empty catalogue.db is refused as damaged). The caller holds the write lock.
+        """
+        path = Path(path)
+        temporary = path.with_name(f"{path.name}.new-{os.getpid()}")
+        for leftover in (temporary, *(Path(f"{temporary}{s}") for s in ("-wal", "-shm", "-journal"))):
+            leftover.unlink(missing_ok=True)
+        conn = sqlite3.connect(str(temporary))
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript(SCHEMA)
+            conn.execute("INSERT INTO meta (key, value) VALUES ('format_version', ?)", [json.dumps(FORMAT_VERSION)])
+            conn.commit()
+        finally:
+            conn.close()  # checkpoints and removes the WAL: the whole catalogue is in the one file
+        fsync_file(temporary)
+        os.replace(temporary, path)
+        fsync_folder(path.parent)
+        return cls(path, writable=True)
 
     def close(self) -> None:
         self.db.close()
@@ -142,21 +191,22 @@ class Catalogue:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _create_schema(self) -> None:
-        with self.db.atomic():
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
-            if self.get_meta("format_version") is None:
-                self._set_meta_in_transaction("format_version", FORMAT_VERSION)
-
     def _check_format_version(self) -> None:
         version = self.get_meta("format_version")
         if version != FORMAT_VERSION:
+            self.close()
             raise StoreError(
                 f"the catalogue {self.path} has format version {version}, this hashae reads "
                 f"{FORMAT_VERSION}; upgrade hashae or index into a new store"
             )
+
+    def is_blank(self) -> bool:
+        """True when the catalogue holds nothing at all: no settings, items, skipped files, models
+        or generations (a new store nothing was written to)."""
+        tables = ("items", "skipped", "models", "generations")
+        if any(self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() for table in tables):
+            return False
+        return set(self.meta()) <= {"format_version"}
 
     # ------------------------------------------------------------------------------ items: write
     def add_items(
@@ -180,11 +230,12 @@ class Catalogue:
         return ids
 
     def _insert_item(self, row: NewItem, code: bytes, latent: bytes, gen: int, now: str) -> int:
+        values = (name_to_db(row.path), row.size, row.mtime_ns, row.content_hash, name_to_db(row.label))
         try:
             cursor = self.db.conn.execute(
                 "INSERT INTO items (path, size, mtime_ns, content_hash, label, code, latent, added_gen,"
                 " added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (row.path, row.size, row.mtime_ns, row.content_hash, row.label, code, latent, gen, now),
+                (*values, code, latent, gen, now),
             )
         except sqlite3.IntegrityError as err:
             raise StoreError(f"{row.path!r} is already in the catalogue; remove its live row first") from err
@@ -212,9 +263,10 @@ class Catalogue:
         Those are rows removed at or before through_gen, and rows removed in the generation that added
         them (never visible at all).
         """
-        cursor = self.db.execute(
-            "DELETE FROM items WHERE removed_gen <= ? OR removed_gen = added_gen", [through_gen]
-        )
+        with self.db.atomic():
+            cursor = self.db.execute(
+                "DELETE FROM items WHERE removed_gen <= ? OR removed_gen = added_gen", [through_gen]
+            )
         return cursor.rowcount
 
     # ------------------------------------------------------------------------------- items: read
@@ -223,7 +275,7 @@ class Catalogue:
         rows = self.db.execute(
             "SELECT path, id, size, mtime_ns, content_hash FROM items WHERE removed_gen IS NULL"
         ).fetchall()
-        return {path: LiveItem(*rest) for path, *rest in rows}
+        return {name_from_db(path): LiveItem(*rest) for path, *rest in rows}
 
     def items_visible(self, gen: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids int64 (n,), codes uint8 (n, B), latents float32 (n, d)) of the rows visible in gen, by id.
@@ -261,12 +313,11 @@ class Catalogue:
         """Metadata of the rows with these ids, by id; ids without a row are absent."""
         ids = [int(i) for i in ids]
         found: dict[int, ItemInfo] = {}
-        columns = ", ".join(ItemInfo.__dataclass_fields__)
         for start in range(0, len(ids), _MAX_PARAMS):
             chunk = ids[start : start + _MAX_PARAMS]
             marks = ", ".join("?" * len(chunk))
-            for row in self.db.execute(f"SELECT {columns} FROM items WHERE id IN ({marks})", chunk):
-                found[row[0]] = ItemInfo(*row)
+            for row in self.db.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN ({marks})", chunk):
+                found[row[0]] = _item_info(row)
         return found
 
     def _vectors_where(self, where: str, params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -286,37 +337,46 @@ class Catalogue:
     def record_skipped(self, entries: Iterable[tuple[str, str, int | None, int | None]]) -> None:
         """Record files that could not be used: (path, reason, size, mtime_ns); replaces older entries."""
         now = _now()
-        records = [
-            {"path": p, "reason": reason, "size": size, "mtime_ns": mtime, "seen_at": now}
-            for p, reason, size, mtime in entries
-        ]
+        records = [(name_to_db(p), name_to_db(reason), size, mtime, now) for p, reason, size, mtime in entries]
         with self.db.atomic():
-            self.db["skipped"].upsert_all(records, pk="path")
+            self.db.conn.executemany(
+                "INSERT INTO skipped (path, reason, size, mtime_ns, seen_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (path) DO UPDATE SET reason = excluded.reason, size = excluded.size,"
+                " mtime_ns = excluded.mtime_ns, seen_at = excluded.seen_at",
+                records,
+            )
 
     def clear_skipped(self, paths: Iterable[str]) -> None:
         """Forget skipped entries (the file was fixed, indexed or deleted)."""
         with self.db.atomic():
-            self.db.conn.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in paths])
+            self.db.conn.executemany("DELETE FROM skipped WHERE path = ?", [(name_to_db(p),) for p in paths])
 
     def skipped(self) -> list[SkippedFile]:
         """Every skipped file, by path."""
-        rows = self.db.execute("SELECT path, reason, size, mtime_ns, seen_at FROM skipped ORDER BY path")
-        return [SkippedFile(*row) for row in rows]
+        rows = self.db.execute("SELECT path, reason, size, mtime_ns, seen_at FROM skipped")
+        found = [SkippedFile(name_from_db(path), name_from_db(reason), *rest) for path, reason, *rest in rows]
+        return sorted(found, key=lambda skipped: skipped.path)
 
     # ------------------------------------------------------------------------------------ models
-    def add_model(self, *, role: str, dir: str, kind: str, info: dict[str, Any] | None = None) -> int:
-        """Record a model checkpoint folder (relative to the store) in role 'hashing' or 'latent'."""
-        if role not in ROLES:
-            raise StoreError(f"model role must be one of {', '.join(ROLES)}, got {role!r}")
-        record = {
-            "role": role,
-            "dir": dir,
-            "kind": kind,
-            "created_at": _now(),
-            "info_json": json.dumps(info or {}),
-        }
+    def add_models(self, *, hashing: dict[str, Any], latent: dict[str, Any]) -> ModelPair:
+        """Record a hashing and a latent model in one transaction: a kill leaves both or neither.
+
+        Each is {"dir": checkpoint folder relative to the store (posix), "kind": ..., "info": {...}}.
+        The pair gets consecutive ids, hashing first (latest_models relies on it).
+        """
         with self.db.atomic():
-            return self.db["models"].insert(record).last_pk
+            ids = [self._insert_model(role, record) for role, record in (("hashing", hashing), ("latent", latent))]
+        return ModelPair(*(self.model(i) for i in ids))
+
+    def _insert_model(self, role: str, record: dict[str, Any]) -> int:
+        unknown = set(record) - {"dir", "kind", "info"}
+        if unknown or not {"dir", "kind"} <= set(record):
+            raise StoreError(f"a {role} model record needs dir, kind and optionally info; got {sorted(record)}")
+        cursor = self.db.conn.execute(
+            "INSERT INTO models (role, dir, kind, created_at, info_json) VALUES (?, ?, ?, ?, ?)",
+            (role, str(record["dir"]), str(record["kind"]), _now(), json.dumps(record.get("info") or {})),
+        )
+        return cursor.lastrowid
 
     def model(self, model_id: int) -> ModelRecord:
         """The model row with this id; StoreError when there is none."""
@@ -325,12 +385,24 @@ class Catalogue:
             raise StoreError(f"no model with id {model_id} in the catalogue")
         return _model_record(row)
 
-    def latest_model(self, role: str) -> ModelRecord | None:
-        """The most recently recorded model in this role, committed or not; None when there is none."""
+    def latest_models(self) -> ModelPair | None:
+        """The newest pair of models recorded together (committed or not); None when there is none.
+
+        A pair is a hashing model and the latent model recorded right after it. A hashing model
+        recorded alone (by a hashae older than pair records, killed between its two records) is
+        never paired with an older latent model: the pair before it is returned instead.
+        """
         row = self.db.execute(
-            f"SELECT {_MODEL_COLUMNS} FROM models WHERE role = ? ORDER BY id DESC LIMIT 1", [role]
+            "SELECT h.id, l.id FROM models h JOIN models l ON l.id = h.id + 1 AND l.role = 'latent'"
+            " WHERE h.role = 'hashing' ORDER BY h.id DESC LIMIT 1"
         ).fetchone()
-        return None if row is None else _model_record(row)
+        return None if row is None else ModelPair(self.model(row[0]), self.model(row[1]))
+
+    def models_of(self, generation: Generation) -> ModelPair | None:
+        """The models a generation's vectors were made with (None when it names none)."""
+        if generation.hashing_model is None or generation.latent_model is None:
+            return None
+        return ModelPair(self.model(generation.hashing_model), self.model(generation.latent_model))
 
     def count_models(self) -> int:
         return self.db.execute("SELECT count(*) FROM models").fetchone()[0]
@@ -348,7 +420,12 @@ class Catalogue:
         """The committed generation gen, or None."""
         sql = f"SELECT {_GENERATION_COLUMNS} FROM generations WHERE gen = ?"
         row = self.db.execute(sql, [gen]).fetchone()
-        return None if row is None else Generation(*row[:-1], settings=json.loads(row[-1]))
+        if row is None:
+            return None
+        settings = settings_from_stored(json.loads(row[-1]), where=f"generation {gen} of {self.path}")
+        if settings is None:
+            raise StoreError(f"generation {gen} of {self.path} has no code length in its settings; index into a new store")
+        return Generation(*row[:-1], settings=settings)
 
     def count_generations(self) -> int:
         return self.db.execute("SELECT count(*) FROM generations").fetchone()[0]
@@ -358,51 +435,56 @@ class Catalogue:
         *,
         gen: int,
         n_items: int,
-        hashing_model: int | None,
-        latent_model: int | None,
+        models: ModelPair | None,
         hamming_file: str,
         latent_file: str,
         hamming_blake2b: str,
         latent_blake2b: str,
-        settings: dict[str, Any],
+        settings: StoreSettings,
     ) -> None:
         """Insert the generations row: THE commit point of generation gen (must follow the last one)."""
-        record = {
-            "gen": gen,
-            "created_at": _now(),
-            "n_items": n_items,
-            "hashing_model": hashing_model,
-            "latent_model": latent_model,
-            "hamming_file": hamming_file,
-            "latent_file": latent_file,
-            "hamming_blake2b": hamming_blake2b,
-            "latent_blake2b": latent_blake2b,
-            "settings_json": json.dumps(settings, sort_keys=True),
-        }
+        record = (
+            gen,
+            _now(),
+            n_items,
+            None if models is None else models.hashing.id,
+            None if models is None else models.latent.id,
+            hamming_file,
+            latent_file,
+            hamming_blake2b,
+            latent_blake2b,
+            json.dumps(settings_to_stored(settings), sort_keys=True),
+        )
         with self.db.atomic():
             last = self.last_generation()
             if gen != last + 1:
                 raise StoreError(f"cannot commit generation {gen}: the last committed one is {last}")
-            self.db["generations"].insert(record)
+            marks = ", ".join("?" * len(record))
+            self.db.execute(f"INSERT INTO generations ({_GENERATION_COLUMNS}) VALUES ({marks})", record)
 
-    # -------------------------------------------------------------------------------------- meta
+    # ---------------------------------------------------------------------------- meta, settings
+    def settings(self) -> StoreSettings | None:
+        """The working settings (what the next commit freezes); None until some are set."""
+        return settings_from_stored(self.meta(), where=f"the catalogue {self.path}")
+
+    def set_settings(self, settings: StoreSettings) -> None:
+        """Replace the working settings (one transaction)."""
+        if settings.format_version != FORMAT_VERSION:
+            raise StoreError(f"settings of format version {settings.format_version}; this store is version {FORMAT_VERSION}")
+        document = settings_to_stored(settings)
+        with self.db.atomic():
+            self.db.execute("DELETE FROM meta WHERE key != 'format_version'")
+            for key, value in document.items():
+                if key != "format_version":
+                    self._set_meta_in_transaction(key, value)
+
     def get_meta(self, key: str, default: Any = None) -> Any:
-        """A setting (JSON-decoded), or default."""
+        """A raw meta value (JSON-decoded), or default."""
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return default if row is None else json.loads(row[0])
 
-    def set_meta(self, key: str, value: Any) -> None:
-        """Store a setting (any JSON value)."""
-        self.update_meta({key: value})
-
-    def update_meta(self, values: dict[str, Any]) -> None:
-        """Store several settings in one transaction."""
-        with self.db.atomic():
-            for key, value in values.items():
-                self._set_meta_in_transaction(key, value)
-
     def meta(self) -> dict[str, Any]:
-        """Every setting, JSON-decoded."""
+        """Every meta value, JSON-decoded: the working settings and the format version."""
         return {key: json.loads(value) for key, value in self.db.execute("SELECT key, value FROM meta")}
 
     def _set_meta_in_transaction(self, key: str, value: Any) -> None:
@@ -413,11 +495,24 @@ class Catalogue:
         )
 
 
+SCHEMA_TABLES = {"items", "skipped", "models", "generations", "meta"}
+_ITEM_COLUMNS = ", ".join(ItemInfo.__dataclass_fields__)
 _MODEL_COLUMNS = "id, role, dir, kind, created_at, info_json"
 _GENERATION_COLUMNS = (
     "gen, created_at, n_items, hashing_model, latent_model, hamming_file, latent_file,"
     " hamming_blake2b, latent_blake2b, settings_json"
 )
+
+
+def _connect(path: Path, *, writable: bool) -> sqlite3.Connection:
+    """A connection to an existing file: read-write, or read-only (mode=ro: no write can happen)."""
+    uri = f"{path.absolute().as_uri()}?mode={'rw' if writable else 'ro'}"
+    return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+
+def _item_info(row: tuple) -> ItemInfo:
+    item_id, path, label, *rest = row
+    return ItemInfo(item_id, name_from_db(path), name_from_db(label), *rest)
 
 
 def _model_record(row: tuple) -> ModelRecord:

@@ -157,6 +157,10 @@ class HammingIndex:
             self._drop_search_structures()
         return len(rows)
 
+    def ids(self) -> np.ndarray:
+        """Every stored id, int64 (n,), ascending (a copy)."""
+        return self._ids.copy()
+
     def codes_of(self, ids: np.ndarray) -> np.ndarray:
         """Packed codes (n, nbits // 8) of stored ids, in the order given; UnknownIdError if any is absent."""
         ids = _as_ids(ids)
