@@ -30,7 +30,7 @@ def mlp_specs(sizes: list[int], *, final_activation: bool) -> list[LayerSpec]:
 
 def conv_encoder_specs(input_shape: tuple[int, ...], channels: tuple[int, ...], dense: int, out: int) -> list[LayerSpec]:
     """Strided 4x4 convolutions (each halves H and W), then a dense layer and the code head."""
-    c, h, w = _image_shape(input_shape, len(channels))
+    c, h, w = conv_input_shape(input_shape, len(channels))
     specs: list[LayerSpec] = []
     for c_out in channels:
         specs += [{"op": "conv", "in": c, "out": c_out, "kernel": 4, "stride": 2, "padding": 1}, {"op": "relu"}]
@@ -41,7 +41,7 @@ def conv_encoder_specs(input_shape: tuple[int, ...], channels: tuple[int, ...], 
 
 def conv_decoder_specs(input_shape: tuple[int, ...], channels: tuple[int, ...], dense: int, code: int) -> list[LayerSpec]:
     """Mirror of conv_encoder_specs: dense layers, unflatten, transposed convolutions back to the input."""
-    c_in, h, w = _image_shape(input_shape, len(channels))
+    c_in, h, w = conv_input_shape(input_shape, len(channels))
     scale = 2 ** len(channels)
     c, h, w = channels[-1], h // scale, w // scale
     specs = mlp_specs([code, dense, c * h * w], final_activation=True)
@@ -55,7 +55,8 @@ def conv_decoder_specs(input_shape: tuple[int, ...], channels: tuple[int, ...], 
     return specs
 
 
-def _image_shape(input_shape: tuple[int, ...], n_halvings: int) -> tuple[int, int, int]:
+def conv_input_shape(input_shape: tuple[int, ...], n_halvings: int) -> tuple[int, int, int]:
+    """(C, H, W) of an input shape the conv body can take (n_halvings strided layers); else ConfigError."""
     if len(input_shape) != 3:
         raise ConfigError(f"the conv architecture needs image input (C, H, W), got shape {input_shape}")
     c, h, w = input_shape

@@ -6,45 +6,55 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 
 from hashae.errors import ConfigError, TrainingError
-from hashae.progress import progress_bar
-from hashae.variants import Autoencoder
+from hashae.events import Reporter, task
+from hashae.variants import Autoencoder, lookup
+from hashae.variants.fields import check_all, setting
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings.
+    """Optimisation settings (a kind's own defaults: train_config_for).
 
     schedule: onecycle (warm up then anneal, peak lr) | cosine | constant.
     patience: stop after this many epochs without a better held-out loss and restore the best
     weights (0 = train every epoch, keep the last).
     """
 
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 2e-3
+    epochs: int = setting(20, positive=True)
+    batch_size: int = setting(256, positive=True)
+    lr: float = setting(2e-3, positive=True)
     optimizer: str = "adam"
     schedule: str = "onecycle"
-    weight_decay: float = 0.0
-    val_fraction: float = 0.05
-    patience: int = 0
+    weight_decay: float = setting(0.0, at_least=0)
+    val_fraction: float = setting(0.05, at_least=0)
+    patience: int = setting(0, at_least=0)
     seed: int = 0
     device: str = "auto"
 
+    LABEL: ClassVar[str] = "training"
+
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs, batch_size and lr must be positive")
+        check_all(self)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         if self.schedule not in ("onecycle", "cosine", "constant"):
             raise ConfigError(f"unknown schedule {self.schedule!r}; known: onecycle, cosine, constant")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError("val_fraction must be in [0, 1)")
+        if self.val_fraction >= 1:
+            raise ConfigError(f"training: val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+def train_config_for(kind: str, **fields: Any) -> TrainConfig:
+    """The training settings of a kind: its config class's TRAINING over TrainConfig's defaults,
+    then `fields` (seed, device, ...); a field given as None keeps the default."""
+    config_class, _ = lookup(kind)
+    given = {name: value for name, value in fields.items() if value is not None}
+    return TrainConfig(**{**config_class.TRAINING, **given})
 
 
 OPTIMIZERS = {
@@ -81,12 +91,15 @@ def train(
     x: np.ndarray,
     config: TrainConfig = TrainConfig(),
     *,
-    show_progress: bool = True,
+    report: Reporter | None = None,
+    name: str | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     pairs: np.ndarray | None = None,
 ) -> History:
     """Train `model` on x (n, *input_shape) float32; returns the history. Raises TrainingError on NaN.
 
+    report: where the progress goes, as the task "training <name>" (name: e.g. "VAE"; default
+    "<kind> model") counting optimiser steps, with the batch's loss terms as info.
     pairs: optional (n, k) int array, row i the indices in x of k neighbours of item i (found without
     labels, e.g. hashae.neighbours.nearest). Each step then also passes the model, as `paired`, one
     neighbour drawn at random per batch item; models that have no use for it ignore it."""
@@ -104,7 +117,8 @@ def train(
     total_steps = steps_per_epoch * config.epochs
     scheduler = _scheduler(optimizer, config, total_steps)
     history, best_loss, best_state, started = History(), math.inf, None, time.perf_counter()
-    with progress_bar("training", total=total_steps, enabled=show_progress) as bar:
+    task_name = f"training {name or f'{model.config.kind} model'}"
+    with task(report, task_name, total=total_steps) as progress_task:
         for epoch in range(config.epochs):
             model.train()
             sums: dict[str, float] = {}
@@ -125,7 +139,7 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 _accumulate(sums, out, len(batch))
-                bar.advance(", ".join(f"{k} {v.item():.3g}" for k, v in out.terms.items()))
+                progress_task.advance(info=_terms_line(out.terms) if report else "")
             record = {k: v / len(train_x) for k, v in sums.items()}
             if len(val_x):
                 record["val_loss"] = evaluate(model, val_x, device=device)
@@ -157,11 +171,6 @@ def evaluate(model: Autoencoder, x: torch.Tensor, *, device: torch.device, batch
     for chunk in x.split(batch_size):
         total += model(chunk.to(device)).loss.item() * len(chunk)
     return total / len(x)
-
-
-def _split(x: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    train_ids, val_ids = _split_ids(len(x), config)
-    return x[train_ids], x[val_ids]
 
 
 def _split_ids(n: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +209,10 @@ def _check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], epoch: int
             f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} ({parts}); "
             "lower the learning rate (--lr) or check the input data"
         )
+
+
+def _terms_line(terms: dict[str, torch.Tensor]) -> str:
+    return ", ".join(f"{name} {value.item():.3g}" for name, value in terms.items())
 
 
 def _accumulate(sums: dict[str, float], out, n: int) -> None:

@@ -63,7 +63,7 @@ def fit_model() -> Callable[..., trainer.History]:
     def fit(model: variants.Autoencoder, x: np.ndarray, *, epochs: int, **overrides: Any) -> trainer.History:
         settings = {"batch_size": 64, "lr": 5e-3, "val_fraction": 0.0, "seed": 0, "device": "cpu", **overrides}
         model.fit_normalisation(x)
-        return trainer.train(model, x, trainer.TrainConfig(epochs=epochs, **settings), show_progress=False)
+        return trainer.train(model, x, trainer.TrainConfig(epochs=epochs, **settings))
 
     return fit
 

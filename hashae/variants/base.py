@@ -1,0 +1,233 @@
+"""The one forward pass every variant shares, and what a trained model does (embed, bits, decode, sample).
+
+A variant changes the pass only through small hooks (see hashae.variants):
+
+    latent(z, progress)      how the code h is made from the encoder output z (noise, sampling)
+    penalties(x_in, z, h)    extra named loss terms (sparsity, contraction, KL, bit balance, ...)
+    pair_penalties(z, z', p) terms tying an item's encoder output to a neighbour's (only when
+                             `uses_pairs`)
+    class attributes         code activation, how many outputs the encoder has per code unit, prior
+
+Input corruption is a config field of every variant, applied before the encoder with the loss
+taken against the clean input. The trainer reads only `Output.loss`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hashae import nets
+from hashae.errors import ConfigError
+from hashae.variants.config import AEConfig
+
+
+@dataclass(frozen=True)
+class Output:
+    """What every variant returns for a batch: total loss, its named (weighted) terms, the code."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    code: torch.Tensor
+    reconstruction: torch.Tensor
+
+
+ACTIVATIONS = {"identity": lambda z: z, "sigmoid": torch.sigmoid, "relu": F.relu}
+
+
+class Autoencoder(nn.Module):
+    """The one forward pass: normalise -> corrupt (training) -> encode -> latent -> decode -> loss."""
+
+    config_class: ClassVar[type[AEConfig]]
+    code_activation: ClassVar[str] = "identity"  # h = activation(z) outside training quirks
+    bits_activation: ClassVar[str | None] = None  # what is thresholded for bits; None = code_activation
+    encoder_outputs_per_unit: ClassVar[int] = 1  # VAE: 2 (mu and log variance)
+    median_threshold: ClassVar[bool] = True  # bits = value > per-unit training median (else > 0)
+    binary_codes: ClassVar[bool] = False  # its bits are the product's hash codes
+    # the distribution its codes were trained towards, in words; None: no prior (a plain autoencoder),
+    # so a naive sample draws each unit from its own training values, independently of the others
+    prior: ClassVar[str | None] = None
+
+    def __init__(self, config: AEConfig) -> None:
+        super().__init__()
+        self.config = config
+        encoder_specs, decoder_specs = self.layer_specs()
+        self.encoder_specs = encoder_specs
+        self.encoder = nets.build(encoder_specs)
+        self.decoder = nets.build(decoder_specs)
+        shape, d = config.input_shape, config.code_size
+        self.register_buffer("input_mean", torch.zeros(shape))
+        self.register_buffer("input_scale", torch.ones(shape))
+        self.register_buffer("bit_threshold", torch.zeros(d))
+        self.register_buffer("code_bank", torch.zeros(0, d))
+
+    # -- architecture ---------------------------------------------------------------------------
+    def layer_specs(self) -> tuple[list[nets.LayerSpec], list[nets.LayerSpec]]:
+        c = self.config
+        out = c.code_size * self.encoder_outputs_per_unit
+        if c.arch == "conv":
+            return (
+                nets.conv_encoder_specs(c.input_shape, c.hidden, c.dense, out),
+                nets.conv_decoder_specs(c.input_shape, c.hidden, c.dense, c.code_size),
+            )
+        d_in = nets.flat_size(c.input_shape)
+        return (
+            nets.mlp_specs([d_in, *c.hidden, out], final_activation=False),
+            nets.mlp_specs([c.code_size, *reversed(c.hidden), d_in], final_activation=False),
+        )
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def latent(self, z: torch.Tensor, progress: float) -> torch.Tensor:
+        """The code h fed to the decoder, from the encoder output z (B, out)."""
+        return ACTIVATIONS[self.code_activation](z)
+
+    def penalties(self, x_in: torch.Tensor, z: torch.Tensor, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra weighted loss terms, each a scalar (mean over the batch)."""
+        return {}
+
+    # -- shared pass ----------------------------------------------------------------------------
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_mean) / self.input_scale
+
+    def encode_pre(self, x_norm: torch.Tensor) -> torch.Tensor:
+        """Encoder output z: (B, code_size * encoder_outputs_per_unit)."""
+        return self.encoder(nets.to_model_input(x_norm, self.encoder_specs))
+
+    def decode_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Decoder output in normalised input space (logits for BCE), shaped like the input."""
+        return self.decoder(h).reshape(h.shape[0], *self.config.input_shape)
+
+    def forward(self, x: torch.Tensor, *, progress: float = 1.0, paired: torch.Tensor | None = None) -> Output:
+        """x: (B, *input_shape) raw inputs; progress in [0, 1]: share of training done.
+
+        paired: optional (B, *input_shape) positives, paired[i] a neighbour of x[i] (found without
+        labels). Variants whose `uses_pairs` is false ignore it; the others add `pair_penalties`."""
+        x_clean = self.normalise(x)
+        x_in = self.config.corruption.apply(x_clean) if self.training else x_clean
+        z = self.encode_pre(x_in)  # (B, out)
+        h = self.latent(z, progress)  # (B, code_size)
+        logits = self.decode_logits(h)  # (B, *input_shape)
+        terms = {"reconstruction": self.reconstruction_loss(logits, x_clean), **self.penalties(x_in, z, h)}
+        if paired is not None and self.uses_pairs:
+            paired_clean = self.normalise(self.pair_view(paired))
+            paired_in = self.config.corruption.apply(paired_clean) if self.training else paired_clean
+            terms.update(self.pair_penalties(z, self.encode_pre(paired_in), progress))
+        return Output(loss=sum(terms.values()), terms=terms, code=h, reconstruction=logits)
+
+    @property
+    def uses_pairs(self) -> bool:
+        """Whether forward makes use of a paired batch of neighbours (else it is never encoded)."""
+        return False
+
+    def pair_penalties(self, z: torch.Tensor, z_pair: torch.Tensor, progress: float) -> dict[str, torch.Tensor]:
+        """Extra weighted loss terms tying the encoder outputs of items and their neighbours."""
+        return {}
+
+    def pair_view(self, paired: torch.Tensor) -> torch.Tensor:
+        """The view of the paired raw inputs the encoder sees in training (augmentation hook)."""
+        return paired
+
+    def reconstruction_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-item sum over input features, mean over the batch (the ELBO scale)."""
+        if self.config.recon_loss == "bce":
+            per_item = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        else:
+            per_item = 0.5 * (logits - target) ** 2 / self.config.recon_scale**2
+        return per_item.flatten(1).sum(1).mean()
+
+    # -- inference ------------------------------------------------------------------------------
+    def _code_slice(self, z: torch.Tensor) -> torch.Tensor:
+        return z[:, : self.config.code_size]
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Continuous code of raw inputs (B, code_size): the VAE mean, or the activated code."""
+        z = self.encode_pre(self.normalise(x))
+        return ACTIVATIONS[self.code_activation](self._code_slice(z))
+
+    @torch.no_grad()
+    def bit_values(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-unit values that are thresholded into bits (B, code_size)."""
+        z = self.encode_pre(self.normalise(x))
+        return ACTIVATIONS[self.bits_activation or self.code_activation](self._code_slice(z))
+
+    @torch.no_grad()
+    def bits(self, x: torch.Tensor) -> torch.Tensor:
+        """Boolean codes (B, code_size)."""
+        return self.bit_values(x) > self.bit_threshold
+
+    @torch.no_grad()
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """Reconstruction in raw input space from codes h (B, code_size)."""
+        logits = self.decode_logits(h)
+        if self.config.recon_loss == "bce":
+            return torch.sigmoid(logits)
+        return logits * self.input_scale + self.input_mean
+
+    def inference_spec(self) -> dict[str, Any]:
+        """What hashae.inference needs to run the encoder with numpy alone."""
+        return {
+            "encoder": self.encoder_specs,
+            "code_size": self.config.code_size,
+            "embedding_activation": self.code_activation,
+            "bits_activation": self.bits_activation or self.code_activation,
+        }
+
+    # -- fitted statistics ----------------------------------------------------------------------
+    def fit_normalisation(self, x: np.ndarray) -> None:
+        """Standardise inputs per feature for MSE models; BCE models keep inputs in [0, 1]."""
+        if self.config.recon_loss == "bce":
+            lo, hi = float(x.min()), float(x.max())
+            if lo < 0 or hi > 1:
+                raise ConfigError(f"BCE needs inputs in [0, 1], data spans [{lo:.3g}, {hi:.3g}]; use recon_loss=mse")
+            return
+        mean = torch.from_numpy(x.mean(axis=0).astype(np.float32))
+        std = torch.from_numpy(x.std(axis=0).astype(np.float32))
+        self.input_mean.copy_(mean)
+        self.input_scale.copy_(torch.clamp(std, min=1e-3 * float(std.max()) + 1e-8))
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor, *, bank_size: int = 2048, seed: int = 0) -> None:
+        """After training: per-unit bit thresholds and a bank of training codes for sampling."""
+        values = torch.cat([self.bit_values(chunk) for chunk in x.split(1024)])
+        if self.median_threshold:
+            self.bit_threshold.copy_(split_point(values))
+        generator = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(len(x), generator=generator)[:bank_size]
+        bank = torch.cat([self.sample_code_of(x[pick][i : i + 1024]) for i in range(0, len(pick), 1024)])
+        self.code_bank = bank
+
+    def sample_code_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The code the decoder sees at inference for x (kept in the bank for calibrated sampling)."""
+        return self.embed(x)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, calibrated: bool, seed: int = 0) -> torch.Tensor:
+        """n generated inputs. calibrated: codes drawn from the bank of training codes; otherwise
+        each unit drawn independently from the prior (the naive sample)."""
+        generator = torch.Generator().manual_seed(seed)
+        if calibrated:
+            h = self.code_bank[torch.randint(len(self.code_bank), (n,), generator=generator)]
+        else:
+            h = self.prior_sample(n, generator)
+        return self.decode(h)
+
+    def prior_sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Codes (n, code_size) from the prior; without one, each unit drawn from its own training
+        marginal, independently of the rest (a naive stand-in that ignores how units co-vary)."""
+        rows = torch.randint(len(self.code_bank), (n, self.config.code_size), generator=generator)
+        return torch.gather(self.code_bank, 0, rows)
+
+
+def split_point(values: torch.Tensor) -> torch.Tensor:
+    """Per column of values (n, d), the midpoint between the two middle order statistics: a median
+    that is (unless those two are equal) no item's own value, so float rounding between a batched
+    and a one-item encoder pass cannot flip that item's bit."""
+    ordered = values.sort(dim=0).values
+    k = len(ordered) // 2
+    return ordered[k] if len(ordered) < 2 else 0.5 * (ordered[k - 1] + ordered[k])

@@ -1,0 +1,112 @@
+"""The semantic-hashing autoencoder (binary codes, the product's model) and its helpers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hashae.variants.base import Autoencoder
+from hashae.variants.config import HashingConfig
+from hashae.variants.registry import register
+
+
+@register(HashingConfig)
+class HashingAutoencoder(Autoencoder):
+    code_activation = "sigmoid"
+    bits_activation = "identity"  # bits = pre-activation > 0
+    binary_codes = True
+    prior = "independent fair bits (what the balance term aims at)"
+
+    def __init__(self, config: HashingConfig) -> None:
+        super().__init__(config)
+        # Running per-unit scale of z (the centre runs in bit_threshold), so a held-out pass during
+        # training standardises as training does. Not saved: calibration sets the thresholds after.
+        self.register_buffer("code_scale", torch.ones(config.code_size), persistent=False)
+
+    def noise_std(self, progress: float) -> float:
+        return self.config.noise_max * min(1.0, progress / self.config.noise_ramp)
+
+    @property
+    def median_threshold(self) -> bool:  # type: ignore[override]
+        return self.config.code_norm
+
+    def standardise(self, z: torch.Tensor) -> torch.Tensor:
+        """With code_norm: each unit centred and scaled over the batch in training (running
+        statistics updated), by the running statistics otherwise. Without code_norm: z itself."""
+        if not self.config.code_norm:
+            return z
+        if not (self.training and len(z) > 1):
+            return (z - self.bit_threshold) / self.code_scale
+        mean, std = z.mean(0), z.std(0) + 1e-5
+        with torch.no_grad():
+            self.bit_threshold.lerp_(mean.detach(), 0.1)
+            self.code_scale.lerp_(std.detach(), 0.1)
+        return (z - mean) / std
+
+    def latent(self, z, progress):
+        if not self.training:
+            return (z > self.bit_threshold).to(z.dtype)  # the decoder sees the hard code at inference
+        z = self.standardise(z)
+        soft = torch.sigmoid(z + self.noise_std(progress) * torch.randn_like(z))
+        if self.config.hard_phase and progress >= 1.0 - self.config.hard_phase:
+            return soft + ((z > 0).to(z.dtype) - soft).detach()  # hard code, straight-through gradient
+        return soft
+
+    @property
+    def uses_pairs(self) -> bool:
+        return self.config.consistency > 0
+
+    def pair_view(self, paired):
+        return random_shift(paired, self.config.pair_shift)
+
+    def pair_penalties(self, z, z_pair, progress):
+        c = self.config
+        slope = 0.5 * (1.0 + (c.sharpen - 1.0) * progress)
+        u, v = torch.tanh(slope * self.standardise(z)), torch.tanh(slope * self.standardise(z_pair))  # (B, bits)
+        if c.consistency_kind == "pull":
+            return {"consistency": c.consistency * (u - v).pow(2).sum(1).mean()}
+        logits = F.normalize(u, dim=1) @ F.normalize(v, dim=1).T / c.temperature  # (B, B)
+        target = torch.arange(len(u), device=u.device)
+        nce = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        return {"consistency": c.consistency * nce}
+
+    def penalties(self, x_in, z, h):
+        c = self.config
+        p = torch.sigmoid(self.standardise(z))  # (B, bits)
+        terms = {"balance": c.balance * (p.mean(0) - 0.5).pow(2).sum()}
+        if c.decorrelation:
+            terms["decorrelation"] = c.decorrelation * offdiagonal_correlation(p)
+        if c.sparsity:
+            terms["sparsity"] = c.sparsity * h.sum(1).mean()
+        return terms
+
+    def sample_code_of(self, x):
+        return self.bits(x).float()
+
+    def prior_sample(self, n, generator):
+        return (torch.rand(n, self.config.code_size, generator=generator) < 0.5).float()
+
+
+def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each image of x (B, C, H, W) translated by its own uniform (dy, dx) in [-max_shift, max_shift],
+    zeros shifted in."""
+    if max_shift == 0:
+        return x
+    b, c, h, w = x.shape
+    s = max_shift
+    padded = F.pad(x, (s, s, s, s))  # (B, C, H + 2s, W + 2s)
+    rows = torch.arange(h)[None, :] + torch.randint(0, 2 * s + 1, (b, 1))  # (B, H)
+    cols = torch.arange(w)[None, :] + torch.randint(0, 2 * s + 1, (b, 1))  # (B, W)
+    rows, cols = rows.to(x.device), cols.to(x.device)
+    padded = torch.gather(padded, 2, rows[:, None, :, None].expand(b, c, h, w + 2 * s))  # (B, C, H, W + 2s)
+    return torch.gather(padded, 3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def offdiagonal_correlation(p: torch.Tensor) -> torch.Tensor:
+    """Mean squared off-diagonal correlation between the columns of p (B, d)."""
+    centred = p - p.mean(0)
+    cov = centred.T @ centred / max(len(p) - 1, 1)  # (d, d)
+    std = cov.diagonal().clamp_min(1e-8).sqrt()
+    corr = cov / (std[:, None] * std[None, :])
+    d = corr.shape[0]
+    return (corr.pow(2).sum() - corr.diagonal().pow(2).sum()) / (d * (d - 1))
