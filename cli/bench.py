@@ -37,7 +37,8 @@ def bench(
 ) -> None:
     """Measure retrieval quality (mAP, precision in radius 2, neighbour recall) and speed of the
     hashing autoencoder against LSH, PCAH, ITQ, the seed's other autoencoders, the VAE latent and raw pixels."""
-    from hashae.index.bench import ALL_METHODS, BenchOptions, format_row, markdown_table, plot, run_bench, COLUMNS
+    from hashae.cli.progress import reporter
+    from hashae.index.bench import ALL_METHODS, BenchOptions, format_row, header, markdown_table, plot, run_bench
 
     options = BenchOptions(
         source=source,
@@ -48,11 +49,11 @@ def bench(
         epochs=epochs,
         quality=quality,
         image_size=image_size,
-        show_progress=not quiet,
     )
     started = time.perf_counter()
-    typer.echo(" | ".join(title for _, title, _ in COLUMNS))
-    result = run_bench(options, log=lambda line: typer.echo(line) if " | " in line else (None if quiet else typer.echo(line, err=True)))
+    typer.echo(header())
+    with reporter(quiet) as report:
+        result = run_bench(options, report=report, on_row=lambda row: typer.echo(format_row(row)))
     seconds = time.perf_counter() - started
     machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}"
     document = {"rows": result.rows, "pr_curves": result.pr_curves, "info": {**result.info, "seconds": round(seconds, 1), "machine": machine}}

@@ -1,8 +1,9 @@
-"""ArrayView: a ReadView over codes and latents held in memory, answered by exact brute force.
+"""ArrayView: a ReadView over codes and latents held in memory, answered by exhaustive search.
 
 For the bench and tests, which search arrays that no store holds through the same search module
-(index/search.py) as the store does. Results follow the ReadView contract exactly: sorted by
-(distance, id), ties by id, no padding.
+(index/search.py) as the store does. Hamming searches scan with FAISS's IndexBinaryFlat, latent
+ones in numpy. Results follow the ReadView contract exactly: sorted by (distance, id), ties by id
+(a k-NN takes every item tied with its k-th by a range search), no padding.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class ArrayView:
         if n and (np.diff(ids[order]) == 0).any():
             raise HashaeError("an ArrayView's ids must be unique")
         self._ids, self._codes, self._latents = ids[order], codes[order], latents[order]
+        self._scanner = _binary_flat(self._codes)  # rows ascend with ids
         self._paths = None if paths is None else [paths[i] for i in order]
         self._labels = None if labels is None else [labels[i] for i in order]
         self._created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -93,16 +95,15 @@ class ArrayView:
 
     def search_hamming(self, codes: np.ndarray, *, k: int) -> Results:
         codes = check_codes(codes, nbits=self._settings.bits)
-        return [_smallest(d, self._ids, k, as_type=int) for d in self._hamming_distances(codes)]
+        if not self.n_items or not len(codes):
+            return [[] for _ in codes]
+        distances, _ = self._scanner.search(codes, min(k, self.n_items))
+        kth = distances[:, -1].astype(np.int64)  # every item within it, so ties at the k-th go by id
+        return [self._ball(code[None], int(radius))[:k] for code, radius in zip(codes, kth)]
 
     def range_hamming(self, codes: np.ndarray, *, radius: int) -> Results:
         codes = check_codes(codes, nbits=self._settings.bits)
-        results = []
-        for distances in self._hamming_distances(codes):
-            inside = np.flatnonzero(distances <= radius)
-            order = inside[np.argsort(distances[inside], kind="stable")]  # rows ascend with ids
-            results.append([Hit(int(i), int(d)) for i, d in zip(self._ids[order].tolist(), distances[order].tolist())])
-        return results
+        return [self._ball(code[None], int(radius)) for code in codes]
 
     def search_latent(self, latents: np.ndarray, *, k: int) -> Results:
         latents = np.ascontiguousarray(latents, dtype=np.float32)
@@ -119,10 +120,14 @@ class ArrayView:
         return self._latents[self._rows(np.asarray(ids, dtype=np.int64))]
 
     # --------------------------------------------------------------------------- internals
-    def _hamming_distances(self, codes: np.ndarray):
-        """Hamming distances int64 (n,) of each query to every item, in id order."""
-        for query in codes:
-            yield np.bitwise_count(self._codes ^ query).sum(axis=1, dtype=np.int64)
+    def _ball(self, code: np.ndarray, radius: int) -> list[Hit]:
+        """Every item within Hamming distance <= radius of one code (1, bits/8), by (distance, id)."""
+        if not self.n_items:
+            return []
+        limits, distances, rows = self._scanner.range_search(code, radius + 1)  # FAISS: distance < radius
+        distances, rows = distances[limits[0] : limits[1]].astype(np.int64), rows[limits[0] : limits[1]]
+        order = np.lexsort((rows, distances))
+        return [Hit(int(i), int(d)) for i, d in zip(self._ids[rows[order]].tolist(), distances[order].tolist())]
 
     def _rows(self, ids: np.ndarray, *, strict: bool = True) -> np.ndarray:
         rows = np.searchsorted(self._ids, ids)
@@ -131,6 +136,15 @@ class ArrayView:
         if strict and not known.all():
             raise UnknownItemError(f"ids not in the view: {ids[~known][:5].tolist()}")
         return np.where(known, rows, -1)
+
+
+def _binary_flat(codes: np.ndarray):
+    import faiss
+
+    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    if len(codes):
+        index.add(codes)
+    return index
 
 
 def _smallest(distances: np.ndarray, ids: np.ndarray, k: int, *, as_type: type) -> list[Hit]:
