@@ -11,9 +11,10 @@ from pathlib import Path
 
 import typer
 
-from hashae.cli.common import handle_errors
+from hashae.cli.common import fail, handle_errors
 
 FLIPPED = (0.84, 0.15, 0.16)  # red: a bit the corruption changed
+FASHION_MNIST_SHAPE = (1, 28, 28)
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +25,7 @@ def register(app: typer.Typer) -> None:
 def inspect(
     model_dir: Path = typer.Option(..., "--model", "-m", help="Checkpoint folder (e.g. .hashae/models/hashing-...)."),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
-    data: str = typer.Option("fashion-mnist:test", "--data", help="Where the inputs come from: an image folder, fashion-mnist[:train|:test], an IDX file."),
+    data: str = typer.Option(None, "--data", help="Where the inputs come from: an image folder, fashion-mnist[:train|:test], an IDX file (default: the folder of the model's store, or the data `hashae train` trained it on).", show_default=False),
     count: int = typer.Option(16, "-n", "--count", help="Inputs to show (spread evenly over the data).", min=1, max=256),
     seed: int = typer.Option(0, "--seed", help="Seed of the corruption noise."),
 ) -> None:
@@ -35,23 +36,60 @@ def inspect(
     from hashae import checkpoint
     from hashae.data import load_source
 
+    if not out.parent.is_dir():
+        raise fail(f"{out.parent}: no such folder for --out", 2)
     model = checkpoint.load(model_dir)
     shape = tuple(model.config.input_shape)
     if len(shape) != 3:
-        raise typer.BadParameter("this model was trained on vectors, not images: nothing to draw", param_hint="--model")
+        raise fail(f"{model_dir}: this model was trained on vectors, not images: nothing to draw", 2)
+    data = data or default_data(model_dir, shape)
     dataset = load_source(data, size=shape[-1], channels=shape[0])
     if tuple(dataset.input_shape) != shape:
-        raise typer.BadParameter(f"the data are {tuple(dataset.input_shape)}, the model takes {shape}", param_hint="--data")
+        raise fail(f"--data {data}: the data are {tuple(dataset.input_shape)}, the model takes {shape}", 2)
     picks = np.unique(np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(np.int64))
     x = torch.from_numpy(np.ascontiguousarray(dataset.x[picks]))
     torch.manual_seed(seed)
     views = reconstruct(model, x)
     picture = draw(views, binary=model.binary_codes, kind=model.config.kind, corruption=model.config.corruption)
-    out.parent.mkdir(parents=True, exist_ok=True)
     picture.save(out)
     noisy = "" if views.get("corrupted") is None else ", corrupted versions"
     bits = ", code bits" if model.binary_codes else ""
     typer.echo(f"wrote {len(picks)} inputs{noisy}, reconstructions{bits} of the {model.config.kind} model to {out}")
+
+
+def default_data(model_dir: Path, shape: tuple[int, ...]) -> str:
+    """The inputs a model is meant for: its store's indexed folder, else the data `hashae train`
+    recorded, else Fashion-MNIST's test split for a 28x28 grey model; refused for any other."""
+    from hashae.inference import read_config
+
+    folder = store_folder(model_dir)
+    if folder is not None:
+        return folder
+    source = read_config(model_dir).get("info", {}).get("source")
+    if isinstance(source, dict) and isinstance(source.get("data"), str):
+        return source["data"]
+    if shape == FASHION_MNIST_SHAPE:
+        return "fashion-mnist:test"
+    raise fail(f"{model_dir}: this model takes {shape} inputs and does not say what it was trained on; give --data FOLDER", 2)
+
+
+def store_folder(model_dir: Path) -> str | None:
+    """The indexed folder of the store a model belongs to (its checkpoint sits in <store>/models/)."""
+    from hashae.errors import HashaeError
+    from hashae.index.backends import open_store
+
+    model_dir = Path(model_dir).resolve()
+    if model_dir.parent.name != "models":
+        return None
+    try:
+        store = open_store(model_dir.parent.parent)
+    except HashaeError:
+        return None
+    try:
+        settings = store.settings() if Path(store.models_dir).resolve() == model_dir.parent else None
+    finally:
+        store.close()
+    return settings.source_root if settings is not None else None
 
 
 def reconstruct(model, x) -> dict:
