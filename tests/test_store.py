@@ -499,6 +499,33 @@ def test_reading_writes_nothing(store_v1):
     assert files() == before
 
 
+def hashae_info(store_path, *args):
+    from typer.testing import CliRunner
+
+    from hashae.cli.main import app
+
+    return CliRunner().invoke(app, ["info", "--store", str(store_path), *args], catch_exceptions=False)
+
+
+def test_info_says_when_a_store_is_empty_and_shows_odd_names_escaped(tmp_path, store_v1):
+    path = tmp_path / "never-committed"
+    with LocalStore.open(path, create=True) as store, store.writer() as writer:
+        writer.set_settings(StoreSettings())
+        writer.record_skipped([(os.fsdecode(b"bad\xff.png"), "not an image", 3, 1)])
+    result = hashae_info(path)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == f"the store at {path} is empty: run `hashae index FOLDER`"
+    assert "None" not in result.stdout and "  bad\\xff.png: not an image" in result.stdout
+    document = json.loads(hashae_info(path, "--json").stdout)
+    assert document["empty"] and document["skipped"] == [{"path": "bad\udcff.png", "reason": "not an image"}]
+
+    result = hashae_info(store_v1)
+    assert result.exit_code == 0 and "empty" not in result.stdout
+    assert f"codes       {BITS} bits, VAE latent {DIM}" in result.stdout and "items       240" in result.stdout
+    result = hashae_info(tmp_path / "nowhere")
+    assert result.exit_code == 1 and "no hashae store at" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
 def test_snapshot_equals_brute_force_over_visible_rows(reference_stores):
     for path, version, gen in ((reference_stores[0], 1, 1), (reference_stores[1], 2, 2)):
         with LocalStore.open(path) as store:
