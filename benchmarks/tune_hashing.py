@@ -8,7 +8,7 @@ P@r<=2, empty-ball share, recall@10, R10@100.
 Times: "train s" is wall-clock, "cpu s" process CPU time (fit: training, calibration and the
 neighbour search); on a shared machine run with --threads 1 and read the CPU column.
 
-Every option defaults to the product default (recipes.default_config / default_train_config / DEFAULT_STEPS),
+Every option defaults to the product default (variants.make_config / trainer.train_config_for / DEFAULT_STEPS),
 so a bare run measures what users get:
 
     .venv/bin/python benchmarks/tune_hashing.py --bits 16 32 64
@@ -26,10 +26,11 @@ import numpy as np
 import torch
 
 from hashae import neighbours, recipes
+from hashae.trainer import train_config_for
 from hashae.codes import pack_bits
 from hashae.data import load_idx_dataset
 from hashae.metrics import evaluate_binary, exact_neighbours
-from hashae.variants import HashingConfig
+from hashae.variants import HashingConfig, make_config
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE = Path("/tmp/hashae_tune_cache")
@@ -60,7 +61,7 @@ def truth_for(query_x: np.ndarray, db_x: np.ndarray):
 def pairs_for(x: np.ndarray, k: int, dims: int, seed: int) -> tuple[np.ndarray, float]:
     """Neighbour table and the seconds it took (timed on the first computation, cached after)."""
     CACHE.mkdir(exist_ok=True)
-    path = CACHE / f"pairs_k{k}_d{dims}_s{seed}.npz"
+    path = CACHE / f"pairs_n{len(x)}_k{k}_d{dims}_s{seed}.npz"  # --train-limit runs have their own
     if path.exists():
         saved = np.load(path)
         return saved["pairs"], float(saved["seconds"])
@@ -79,14 +80,13 @@ def codes_of(model, x: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    defaults = HashingConfig()
-    train_defaults = recipes.default_train_config("hashing")
+    train_defaults = train_config_for("hashing")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bits", type=int, nargs="+", default=[32])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="default: recipes.default_epochs (DEFAULT_STEPS)")
     p.add_argument("--batch-size", type=int, default=train_defaults.batch_size)
-    p.add_argument("--lr", type=float, default=None, help="default: the recipe's (recipes.TRAIN_DEFAULTS)")
+    p.add_argument("--lr", type=float, default=None, help=f"default: the recipe's ({HashingConfig.TRAINING['lr']:g}, HashingConfig.TRAINING)")
     p.add_argument("--schedule", default=train_defaults.schedule)
     p.add_argument("--hidden", type=int, nargs="*", default=None, help="default: the recipe's")
     p.add_argument("--noise-max", type=float, default=None)
@@ -138,9 +138,9 @@ def main() -> None:
         flush=True,
     )
     for bits in args.bits:
-        config = recipes.default_config("hashing", input_shape=train_x.shape[1:], code_size=bits, **overrides)
+        config = make_config("hashing", input_shape=train_x.shape[1:], code_size=bits, **overrides)
         train_config = recipes.with_epochs(
-            recipes.default_train_config("hashing", batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed),
+            train_config_for("hashing", batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed),
             args.epochs,
             len(train_x),
         )
@@ -149,7 +149,7 @@ def main() -> None:
         if config.consistency > 0:
             pairs, pair_seconds = pairs_for(train_x, args.k, args.pca_dims, args.seed)
         cpu_started = time.process_time()
-        result = recipes.fit(config, train_x, train_config, show_progress=False, pairs=pairs)
+        result = recipes.fit(config, train_x, train_config, pairs=pairs)
         cpu_seconds = time.process_time() - cpu_started + pair_seconds
         train_seconds = result.history.seconds + pair_seconds
         epochs = len(result.history.epochs)
