@@ -4,13 +4,13 @@ the bench all answer through search(), so the bench measures what users get.
 
 Modes (distances: Hamming bits as int, or squared L2 between VAE means as float):
 
-    hamming  the k nearest codes by Hamming distance.
+    hamming  the k nearest codes by Hamming distance, ties ordered as `ties` says (below).
     latent   the k nearest VAE means by squared L2 (the backend's latent k-NN).
-    hybrid   a Hamming shortlist re-ranked by exact latent distance. The shortlist is the Hamming
-             top max(k, HYBRID_SHORTLIST) plus every item tied with its last one (see below). It does
-             not depend on k up to HYBRID_SHORTLIST, so the answer for a smaller k is the head of
-             the answer for a larger one, and the bench's mAP@1000 measures the very ranking a
-             user's `--mode hybrid -k 10` query is the head of.
+    hybrid   the shortlist re-ranked by exact latent distance (ties by id). The shortlist is the
+             hamming mode's answer at depth max(k, HYBRID_SHORTLIST): the nearest codes, at the
+             cut the tied group ordered as `ties` says. It is the same for every k up to
+             HYBRID_SHORTLIST, so a smaller k's answer is the head of a larger one's (the page's
+             k changes nothing but the length), and a larger k widens it.
 
 A radius (hamming mode only) answers every item within that many bit flips, ordered as hamming
 mode orders them, cut to k when k is given.
@@ -19,10 +19,10 @@ Ties. Many items can share a Hamming distance (on a small collection many share 
 and the backend orders them by id, which says nothing about similarity. With ties="latent" (the
 default) items at equal Hamming distance are ordered by latent distance, then id: an image queried
 with its own file, or a re-encoded or resized copy, comes first among the items that share its code.
-For that to pick the right k items, the candidates hold the whole tied group at the k-th distance:
-every item within that distance (a Hamming range search), at most MAX_CANDIDATES of them (past
-that bound the group is cut by id). ties="id" keeps the backend's (distance, id) order. Latent and
-hybrid distances are floats, exactly equal only for identical latents: those ties go by id.
+To pick the right k, the whole tied group at the k-th distance is ordered: every item within that
+distance (a Hamming range search), at most MAX_CANDIDATES of them (past that bound the group is cut
+by id). ties="id" keeps the backend's (distance, id) order. Latent distances are floats, exactly
+equal only for identical latents: those ties go by id.
 
 Id queries ("itself"): the indexed item comes first, at distance 0, even when other items share
 its code and latent exactly (copies of one file).
@@ -31,7 +31,7 @@ its code and latent exactly (copies of one file).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from hashae.index.backends.base import Hit, ReadView, Results, StoreError
 QUERY_MODES = ("hamming", "latent", "hybrid")
 TIE_ORDERS = ("latent", "id")
 DEFAULT_K = 10
-HYBRID_SHORTLIST = 1000  # the Hamming top re-ranked by latent distance (the depth mAP@1000 looks at)
+HYBRID_SHORTLIST = 100  # the hamming answer re-ranked by latent distance, at least (the page's largest k)
 MAX_CANDIDATES = 10_000  # at most this many items of a tied group are re-ordered by latent distance
 
 
@@ -94,13 +94,12 @@ def search(
     if mode == "latent":
         results = view.search_latent(latents, k=k)
     elif mode == "hybrid":
-        results = _hybrid(view, codes, latents, k=k)
+        shortlists = _hamming(view, codes, latents, k=max(k, HYBRID_SHORTLIST), ties=ties)
+        results = [_by_latent(view, ranked, latent, k) for ranked, latent in zip(shortlists, latents)]
     elif radius is not None:
-        results = _ordered_ties(view, view.range_hamming(codes, radius=radius), latents, k=k, ties=ties)
-    elif ties == "id":
-        results = view.search_hamming(codes, k=k)
+        results = [ranked.hits() for ranked in _ordered(view, _columns(view.range_hamming(codes, radius=radius)), latents, k=k, ties=ties)]
     else:
-        results = _ordered_ties(view, _through_kth_distance(view, codes, depth=k), latents, k=k, ties=ties)
+        results = [ranked.hits() for ranked in _hamming(view, codes, latents, k=k, ties=ties)]
     if itself is not None:
         results = [_itself_first(hits, item, mode) if item is not None else hits for hits, item in zip(results, itself)]
     return [hits[:k] if k else hits for hits in results]
@@ -116,44 +115,68 @@ def with_metadata(view: ReadView, results: Results) -> Results:
 
 
 # ------------------------------------------------------------------------------------ internals
-def _through_kth_distance(view: ReadView, codes: np.ndarray, *, depth: int) -> Results:
+@dataclass
+class _Ranked:
+    """One query's candidates as columns, in rank order: ids, Hamming distances and (once
+    computed) latent distances."""
+
+    ids: np.ndarray  # int64 (n,)
+    hamming: np.ndarray  # int64 (n,)
+    latent: np.ndarray | None = None  # float32 (n,)
+
+    def take(self, order: np.ndarray) -> _Ranked:
+        return _Ranked(self.ids[order], self.hamming[order], None if self.latent is None else self.latent[order])
+
+    def hits(self) -> list[Hit]:
+        return [Hit(i, d) for i, d in zip(self.ids.tolist(), self.hamming.tolist())]
+
+
+def _columns(results: Results) -> list[_Ranked]:
+    return [_Ranked(np.array([h.id for h in hits], np.int64), np.array([h.distance for h in hits], np.int64)) for hits in results]
+
+
+def _hamming(view: ReadView, codes: np.ndarray, latents: np.ndarray, *, k: int, ties: str) -> list[_Ranked]:
+    """The hamming mode's answer: the k nearest codes, ties ordered as asked."""
+    if ties == "id":
+        return _columns(view.search_hamming(codes, k=k))
+    return _ordered(view, _through_kth_distance(view, codes, depth=k), latents, k=k, ties=ties)
+
+
+def _through_kth_distance(view: ReadView, codes: np.ndarray, *, depth: int) -> list[_Ranked]:
     """Each query's Hamming top `depth`, plus every item tied with the last of them (at most
     max(depth, MAX_CANDIDATES) items in all), sorted by (distance, id)."""
     results = view.search_hamming(codes, k=depth + 1)  # one more says whether a tie crosses the cut
-    crossing = [q for q, hits in enumerate(results) if len(hits) > depth and hits[depth].distance == hits[depth - 1].distance]
-    results = [hits[:depth] for hits in results]
-    for q in crossing:  # one range search per query: each has its own radius
-        group = view.range_hamming(codes[q : q + 1], radius=int(results[q][-1].distance))[0]
-        results[q] = group[: max(depth, MAX_CANDIDATES)]
-    return results
+    ranked = []
+    for q, hits in enumerate(results):
+        if len(hits) > depth and hits[depth].distance == hits[depth - 1].distance:
+            hits = view.range_hamming(codes[q : q + 1], radius=int(hits[depth - 1].distance))[0]
+            hits = hits[: max(depth, MAX_CANDIDATES)]
+        else:
+            hits = hits[:depth]
+        ranked.append(_columns([hits])[0])
+    return ranked
 
 
-def _ordered_ties(view: ReadView, results: Results, latents: np.ndarray, *, k: int | None, ties: str) -> Results:
-    """Hamming hits sorted by (distance, id), re-ordered within equal distance by latent distance
-    when ties == "latent". Only hits up to the k-th distance can move into the first k."""
-    if ties == "id":
-        return results
+def _ordered(view: ReadView, candidates: list[_Ranked], latents: np.ndarray, *, k: int | None, ties: str) -> list[_Ranked]:
+    """Candidates sorted by (Hamming distance, id), re-ordered within equal distance by latent
+    distance when ties == "latent" and cut to k. Only candidates up to the k-th distance can move
+    into the first k, so only their latents are read."""
     ordered = []
-    for hits, latent in zip(results, latents):
-        if k is not None and len(hits) > k:
-            last = hits[k - 1].distance
-            hits = [hit for hit in hits if hit.distance <= last]
-        ids, hamming = _ids(hits), np.array([hit.distance for hit in hits], dtype=np.int64)
-        order = np.lexsort((ids, _latent_distances(view, ids, latent), hamming))
-        ordered.append([hits[i] for i in order])
+    for ranked, latent in zip(candidates, latents):
+        if k is not None and len(ranked.ids) > k:
+            ranked = ranked.take(np.flatnonzero(ranked.hamming <= ranked.hamming[k - 1]))
+        if ties == "latent":
+            ranked = _Ranked(ranked.ids, ranked.hamming, _latent_distances(view, ranked.ids, latent))
+            ranked = ranked.take(np.lexsort((ranked.ids, ranked.latent, ranked.hamming)))
+        ordered.append(ranked.take(slice(0, k)))
     return ordered
 
 
-def _hybrid(view: ReadView, codes: np.ndarray, latents: np.ndarray, *, k: int) -> Results:
-    """The Hamming shortlist of each query re-ranked by exact latent distance, ties by id."""
-    shortlists = _through_kth_distance(view, codes, depth=max(k, HYBRID_SHORTLIST))
-    ranked = []
-    for hits, latent in zip(shortlists, latents):
-        ids = _ids(hits)
-        distances = _latent_distances(view, ids, latent)
-        order = np.lexsort((ids, distances))[:k]
-        ranked.append([Hit(int(ids[i]), float(distances[i])) for i in order])
-    return ranked
+def _by_latent(view: ReadView, ranked: _Ranked, latent: np.ndarray, k: int) -> list[Hit]:
+    """A shortlist re-ranked by latent distance, ties by id: the hybrid answer."""
+    distances = ranked.latent if ranked.latent is not None else _latent_distances(view, ranked.ids, latent)
+    order = np.lexsort((ranked.ids, distances))[:k]
+    return [Hit(i, d) for i, d in zip(ranked.ids[order].tolist(), distances[order].astype(float).tolist())]
 
 
 def _latent_distances(view: ReadView, ids: np.ndarray, latent: np.ndarray) -> np.ndarray:
@@ -166,10 +189,6 @@ def _latent_distances(view: ReadView, ids: np.ndarray, latent: np.ndarray) -> np
 def _itself_first(hits: list[Hit], item: int, mode: str) -> list[Hit]:
     zero = 0 if mode == "hamming" else 0.0
     return [Hit(int(item), zero), *(hit for hit in hits if hit.id != item)]
-
-
-def _ids(hits: list[Hit]) -> np.ndarray:
-    return np.array([hit.id for hit in hits], dtype=np.int64)
 
 
 def _is_int(value: object, *, minimum: int) -> bool:

@@ -108,30 +108,27 @@ def test_latent_mode_is_the_latent_knn(arrays, view):
         np.testing.assert_allclose([h.distance for h in got], d[order], rtol=1e-5)
 
 
+@pytest.mark.parametrize("ties", ["latent", "id"])
 @pytest.mark.parametrize("shortlist", [30, 100])
-def test_hybrid_reranks_the_shortlist_and_its_tied_group(arrays, view, monkeypatch, shortlist):
+def test_hybrid_reranks_the_hamming_answer_at_the_shortlist_depth(arrays, view, monkeypatch, shortlist, ties):
     codes, latents, ids = arrays
     monkeypatch.setattr(search_module, "HYBRID_SHORTLIST", shortlist)
     q_codes, q_latents = queries(arrays, ROWS)
-    crossing = 0
     for k in (5, shortlist, shortlist + 40):
-        results = search(view, codes=q_codes, latents=q_latents, mode="hybrid", k=k)
+        results = search(view, codes=q_codes, latents=q_latents, mode="hybrid", k=k, ties=ties)
         for code, latent, got in zip(q_codes, q_latents, results):
-            d = hamming(codes, code)
-            size = max(k, shortlist)
-            cut = np.sort(d)[size - 1]  # the whole tied group at the shortlist's last distance
-            inside = np.flatnonzero(d <= cut)
-            crossing += len(inside) > size
-            dl = squared_l2(latents[inside], latent)
-            order = inside[np.lexsort((ids[inside], dl))][:k]
+            d, dl = hamming(codes, code), squared_l2(latents, latent)
+            keys = (ids, dl, d) if ties == "latent" else (ids, d)
+            short = np.lexsort(keys)[: max(k, shortlist)]  # the hamming mode's answer at that depth
+            order = short[np.lexsort((ids[short], dl[short]))][:k]
             assert [h.id for h in got] == ids[order].tolist()
-            np.testing.assert_allclose([h.distance for h in got], squared_l2(latents[order], latent), rtol=1e-5)
-    assert crossing >= 5  # the fixture's ties do cross the shortlist's cut
+            np.testing.assert_allclose([h.distance for h in got], dl[order], rtol=1e-5)
+            assert all(type(h.distance) is float for h in got)
 
 
 def test_hybrid_answers_are_heads_of_each_other(arrays, view):
     q_codes, q_latents = queries(arrays, ROWS)
-    longest = search(view, codes=q_codes, latents=q_latents, mode="hybrid", k=200)
+    longest = search(view, codes=q_codes, latents=q_latents, mode="hybrid", k=search_module.HYBRID_SHORTLIST)
     for k in (1, 10, 50):
         shorter = search(view, codes=q_codes, latents=q_latents, mode="hybrid", k=k)
         assert [hits for hits in shorter] == [hits[:k] for hits in longest]

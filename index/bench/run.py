@@ -3,9 +3,10 @@
 Rows: binary codes (lsh, pcah, itq via FAISS; the hashing autoencoder; the other seed variants'
 code layers thresholded at their training medians), float vectors (the VAE mean, raw pixels), and
 hybrid: the product's hybrid mode, answered by index/search.py over the database's codes and VAE
-means (the Hamming top HYBRID_SHORTLIST and its tied group, re-ranked by VAE-mean distance), so
-its mAP@1000, recall@10 and R10@100 are those of the ranking `hashae query --mode hybrid` returns
-the head of; its mAP@all ranks the rest of the database after that answer, in Hamming order.
+means (the hamming answer at depth max(k, HYBRID_SHORTLIST) re-ranked by VAE-mean distance), each
+metric from the answer a user asking that many results gets: recall@10 from k=10, R10@100 from
+k=100, mAP@1000 from k=1000 (its mAP@all ranks the rest of the database after that answer, in
+Hamming order).
 Every autoencoder is trained as `hashae index` trains it and encoded by the numpy encoder of its
 saved checkpoint, as the product encodes. Binary rows rank by (Hamming distance, id): the codes'
 own quality, comparable across hash functions (`hashae query --ties id`).
@@ -142,19 +143,20 @@ class _Bench:
             self.autoencoder("hashing", bits)
         (q_codes, db_codes), (q_lat, db_lat) = self.hashing_codes[bits], self.vae_latents()
         view = database_view(db_codes, db_lat)
-        depth = min(metrics.MAP_DEPTH, len(db_codes))
         message(self.report, f"hybrid ({bits}): {len(q_codes)} queries through the search module")
-        answers = search(view, codes=q_codes, latents=q_lat, mode="hybrid", k=depth)
-        top = np.array([[hit.id for hit in hits] for hits in answers], dtype=np.int64)  # (nq, depth)
-        ap_at_depth, ap_all = self._average_precisions(top, q_codes, db_codes)
-        depth_100 = min(metrics.RECALL_DEPTH, depth)
+
+        def answer_ids(k: int) -> np.ndarray:
+            answers = search(view, codes=q_codes, latents=q_lat, mode="hybrid", k=min(k, len(db_codes)))
+            return np.array([[hit.id for hit in hits] for hits in answers], dtype=np.int64)  # (nq, k)
+
+        ap_at_depth, ap_all = self._average_precisions(answer_ids(metrics.MAP_DEPTH), q_codes, db_codes)
         row = {
             "map_at_1000": float(ap_at_depth.mean()),
             "map_all": float(ap_all.mean()),
             "p_at_r2": None,
             "empty_ball_share": None,
-            "recall_at_10": self.truth.recall(top[:, : metrics.RECALL_K]),
-            "r10_at_100": self.truth.recall(top[:, :depth_100]),
+            "recall_at_10": self.truth.recall(answer_ids(metrics.RECALL_K)),
+            "r10_at_100": self.truth.recall(answer_ids(metrics.RECALL_DEPTH)),
             **hybrid_timings(view, q_codes, q_lat, self.options.timing_queries),
         }
         hashing_train = next(r["train_s"] for r in self.result.rows if r["method"] == "hashing" and r["bits"] == bits)
