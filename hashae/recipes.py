@@ -18,7 +18,7 @@ import torch
 
 from hashae.codes import CodeStats, code_stats
 from hashae.errors import ConfigError
-from hashae.events import Reporter
+from hashae.events import Reporter, task
 from hashae.neighbours import nearest
 from hashae.trainer import History, TrainConfig, train, train_config_for
 from hashae.variants import AEConfig, Autoencoder, create, make_config
@@ -77,14 +77,17 @@ def fit(
 
     A model that uses neighbour pairs gets them computed here without labels (hashae.neighbours,
     PCA + exact k-NN, counted in the history's seconds) unless `pairs` is given. Progress goes to
-    `report` as the task "training <name>" (hashae.trainer.train)."""
+    `report` as the tasks "finding neighbours for the <name>" and "training <name>" (name: e.g.
+    "hashing model"; default "<kind> model")."""
     torch.manual_seed(train_config.seed)  # the initial weights too: same seed, same model
     model = create(config)
     model.fit_normalisation(x)
     extra_seconds = 0.0
     if model.uses_pairs and pairs is None:
         started = time.perf_counter()
-        pairs = nearest(x, k=NEIGHBOURS_K, dims=NEIGHBOURS_DIMS, seed=train_config.seed)
+        with task(report, f"finding neighbours for the {name or f'{config.kind} model'}", total=len(x)) as finding:
+            pairs = nearest(x, k=NEIGHBOURS_K, dims=NEIGHBOURS_DIMS, seed=train_config.seed)
+            finding.advance(len(x))
         extra_seconds = time.perf_counter() - started
     history = train(model, x, train_config, report=report, name=name, pairs=pairs if model.uses_pairs else None)
     history.seconds += extra_seconds

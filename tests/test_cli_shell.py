@@ -103,7 +103,8 @@ def test_train_under_a_runner_prints_plain_progress_to_stderr(tmp_path):
     out = tmp_path / "model"
     result = ok("train", "fashion-mnist:test", "--limit", 64, "--epochs", 2, "--out", out, "--device", "cpu")
     lines = result.stderr.splitlines()
-    assert lines[0] == "training hashing model: started, 2 to do", result.stderr
+    assert lines[0] == "finding neighbours for the hashing model: started, 64 to do", result.stderr
+    assert lines[2] == "training hashing model: started, 2 to do", result.stderr
     assert re.fullmatch(r"training hashing model: 2/2 \(100%\) in [\d.]+s(, [\d.,]+/s)?", lines[-1]), lines[-1]
     assert "saved to" in result.stdout and "training" not in result.stdout
     quiet = ok("train", "fashion-mnist:test", "--limit", 64, "--epochs", 1, "--out", tmp_path / "quiet", "-q")
@@ -298,15 +299,33 @@ def test_inspect_refuses_to_guess_data_for_a_model_that_does_not_say(trained, tm
     ok("inspect", "--model", folder, "--data", trained["colour_images"], "-n", 2, "--out", tmp_path / "x.png")
 
 
-def test_inspect_defaults_to_the_store_folder_for_a_store_model(indexed_library, tmp_path):
+def store_model_dirs(store_dir: Path) -> tuple[Path, Path]:
+    """(hashing, latent) checkpoint folders of a store's newest model pair."""
     from hashae.index.backends import open_store
 
-    folder, store_dir = indexed_library
     store = open_store(store_dir)
     try:
         pair = store.latest_models()
-        hashing_dir = store.model_dir(pair.hashing)
+        return store.model_dir(pair.hashing), store.model_dir(pair.latent)
     finally:
         store.close()
+
+
+def test_the_store_trains_make_configs_models(indexed_library):
+    """`hashae index` trains the product's configs, the ones make_config and `hashae train` give."""
+    from hashae.variants import make_config
+
+    _, store_dir = indexed_library
+    hashing_dir, latent_dir = store_model_dirs(store_dir)
+    hashing = make_config("hashing", input_shape=(1, 28, 28), code_size=32)
+    assert saved_config(hashing_dir)["config"] == json.loads(json.dumps(hashing.to_dict()))
+    latent = saved_config(latent_dir)["config"]
+    vae = make_config("vae", input_shape=tuple(latent["input_shape"]), code_size=latent["code_size"])
+    assert latent == json.loads(json.dumps(vae.to_dict()))
+
+
+def test_inspect_defaults_to_the_store_folder_for_a_store_model(indexed_library, tmp_path):
+    _, store_dir = indexed_library
+    hashing_dir, _ = store_model_dirs(store_dir)
     text = ok("inspect", "--model", hashing_dir, "-n", 2, "--out", tmp_path / "s.png").stdout
     assert "wrote 2 inputs" in text
