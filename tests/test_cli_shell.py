@@ -316,12 +316,10 @@ def test_the_store_trains_make_configs_models(indexed_library):
     from hashae.variants import make_config
 
     _, store_dir = indexed_library
-    hashing_dir, latent_dir = store_model_dirs(store_dir)
-    hashing = make_config("hashing", input_shape=(1, 28, 28), code_size=32)
-    assert saved_config(hashing_dir)["config"] == json.loads(json.dumps(hashing.to_dict()))
-    latent = saved_config(latent_dir)["config"]
-    vae = make_config("vae", input_shape=tuple(latent["input_shape"]), code_size=latent["code_size"])
-    assert latent == json.loads(json.dumps(vae.to_dict()))
+    for kind, folder in zip(("hashing", "vae"), store_model_dirs(store_dir)):
+        saved = saved_config(folder)["config"]
+        expected = make_config(kind, input_shape=tuple(saved["input_shape"]), code_size=saved["code_size"])
+        assert saved == json.loads(json.dumps(expected.to_dict())), kind
 
 
 def test_inspect_defaults_to_the_store_folder_for_a_store_model(indexed_library, tmp_path):
