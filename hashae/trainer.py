@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from hashae.errors import ConfigError, TrainingError
-from hashae.events import Reporter, task
-from hashae.variants import Autoencoder, lookup
+from hashae.events import Reporter, Task, silent, task
+from hashae.variants import Autoencoder, Output, lookup
 from hashae.variants.fields import check_all, setting
 
 
@@ -106,43 +106,13 @@ def train(
     if len(x) < 2:
         raise TrainingError(f"need at least 2 training items, got {len(x)}")
     torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
-    model.to(device)
-    all_x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    train_ids, val_ids = _split_ids(len(all_x), config)
-    train_x, val_x = all_x[train_ids], all_x[val_ids]
-    pair_table = _check_pairs(pairs, len(all_x))
-    optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = _scheduler(optimizer, config, total_steps)
+    run = _Run.start(model, x, config, pairs)
     history, best_loss, best_state, started = History(), math.inf, None, time.perf_counter()
-    task_name = f"training {name or f'{model.config.kind} model'}"
-    with task(report, task_name, total=total_steps) as progress_task:
+    with task(report, f"training {name or f'{model.config.kind} model'}", total=run.total_steps) as progress:
         for epoch in range(config.epochs):
-            model.train()
-            sums: dict[str, float] = {}
-            order = torch.randperm(len(train_x))
-            for step in range(steps_per_epoch):
-                rows = order[step * config.batch_size : (step + 1) * config.batch_size]
-                batch = train_x[rows].to(device)
-                progress = (epoch * steps_per_epoch + step) / total_steps
-                if pair_table is None:
-                    out = model(batch, progress=progress)
-                else:
-                    own = pair_table[train_ids[rows]]  # (B, k) neighbour ids in x
-                    pick = own[torch.arange(len(rows)), torch.randint(own.shape[1], (len(rows),))]
-                    out = model(batch, progress=progress, paired=all_x[pick].to(device))
-                _check_finite(out.loss, out.terms, epoch, step)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                optimizer.step()
-                scheduler.step()
-                _accumulate(sums, out, len(batch))
-                progress_task.advance(info=_terms_line(out.terms) if report else "")
-            record = {k: v / len(train_x) for k, v in sums.items()}
-            if len(val_x):
-                record["val_loss"] = evaluate(model, val_x, device=device)
+            record = run.epoch(epoch, progress)
+            if len(run.val_x):
+                record["val_loss"] = evaluate(model, run.val_x, device=run.device)
             history.epochs.append(record)
             if on_epoch:
                 on_epoch(epoch, record)
@@ -161,6 +131,70 @@ def train(
     model.eval()
     history.seconds = time.perf_counter() - started
     return history
+
+
+@dataclass
+class _Run:
+    """One training run's data, split, optimiser and schedule."""
+
+    model: Autoencoder
+    config: TrainConfig
+    device: torch.device
+    all_x: torch.Tensor  # (n, *input_shape)
+    train_ids: torch.Tensor  # (n_train,) indices into all_x
+    train_x: torch.Tensor  # (n_train, *input_shape)
+    val_x: torch.Tensor  # (n_val, *input_shape)
+    pair_table: torch.Tensor | None  # (n, k) neighbour ids into all_x
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    steps_per_epoch: int
+
+    @classmethod
+    def start(cls, model: Autoencoder, x: np.ndarray, config: TrainConfig, pairs: np.ndarray | None) -> _Run:
+        device = resolve_device(config.device)
+        model.to(device)
+        all_x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        train_ids, val_ids = _split_ids(len(all_x), config)
+        pair_table = _check_pairs(pairs, len(all_x))
+        optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = math.ceil(len(train_ids) / config.batch_size)
+        scheduler = _scheduler(optimizer, config, steps_per_epoch * config.epochs)
+        train_x, val_x = all_x[train_ids], all_x[val_ids]
+        return cls(model, config, device, all_x, train_ids, train_x, val_x, pair_table, optimizer, scheduler, steps_per_epoch)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+    def epoch(self, epoch: int, progress: Task) -> dict[str, float]:
+        """One pass over the training items in a fresh random order; the mean loss terms."""
+        self.model.train()
+        size = self.config.batch_size
+        sums: dict[str, float] = {}
+        order = torch.randperm(len(self.train_x))
+        for step in range(self.steps_per_epoch):
+            rows = order[step * size : (step + 1) * size]
+            out = self.step(rows, epoch=epoch, step=step)
+            _accumulate(sums, out, len(rows))
+            progress.advance(info=_terms_line(out.terms) if progress.report is not silent else "")
+        return {k: v / len(self.train_x) for k, v in sums.items()}
+
+    def step(self, rows: torch.Tensor, *, epoch: int, step: int) -> Output:
+        """One optimiser step on the training items at `rows` (each with a random neighbour, when paired)."""
+        batch = self.train_x[rows].to(self.device)
+        share_done = (epoch * self.steps_per_epoch + step) / self.total_steps
+        if self.pair_table is None:
+            out = self.model(batch, progress=share_done)
+        else:
+            own = self.pair_table[self.train_ids[rows]]  # (B, k) neighbour ids in all_x
+            pick = own[torch.arange(len(rows)), torch.randint(own.shape[1], (len(rows),))]
+            out = self.model(batch, progress=share_done, paired=self.all_x[pick].to(self.device))
+        _check_finite(out.loss, out.terms, epoch, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return out
 
 
 @torch.no_grad()
@@ -215,7 +249,7 @@ def _terms_line(terms: dict[str, torch.Tensor]) -> str:
     return ", ".join(f"{name} {value.item():.3g}" for name, value in terms.items())
 
 
-def _accumulate(sums: dict[str, float], out, n: int) -> None:
+def _accumulate(sums: dict[str, float], out: Output, n: int) -> None:
     sums["loss"] = sums.get("loss", 0.0) + out.loss.item() * n
     for name, value in out.terms.items():
         sums[name] = sums.get(name, 0.0) + value.item() * n

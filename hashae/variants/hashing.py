@@ -12,6 +12,8 @@ from hashae.variants.registry import register
 
 @register(HashingConfig)
 class HashingAutoencoder(Autoencoder):
+    """Binary codes from a sigmoid code layer (see HashingConfig for the terms and the recipe)."""
+
     code_activation = "sigmoid"
     bits_activation = "identity"  # bits = pre-activation > 0
     binary_codes = True

@@ -33,6 +33,8 @@ class DenoisingAutoencoder(Autoencoder):
 
 @register(SparseConfig)
 class SparseAutoencoder(Autoencoder):
+    """ReLU code layer with an L1 penalty on the code."""
+
     code_activation = "relu"
 
     def penalties(self, x_in, z, h):
@@ -41,6 +43,8 @@ class SparseAutoencoder(Autoencoder):
 
 @register(ContractiveConfig)
 class ContractiveAutoencoder(Autoencoder):
+    """Sigmoid code layer whose encoder Jacobian is penalised (robust to small input changes)."""
+
     code_activation = "sigmoid"
 
     def penalties(self, x_in, z, h):
@@ -62,6 +66,8 @@ class ContractiveAutoencoder(Autoencoder):
 
 @register(VAEConfig)
 class VariationalAutoencoder(Autoencoder):
+    """Gaussian posterior N(mu, sigma^2) sampled by reparameterisation in training, its mean after."""
+
     encoder_outputs_per_unit = 2
     prior = "N(0, I)"
 
