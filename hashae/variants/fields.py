@@ -87,7 +87,9 @@ def _coerce(value: Any, hint: Any) -> Any:
         if not isinstance(value, str):
             raise _WrongType("a word")
         return value
-    if typing.get_origin(hint) is tuple:  # tuple[int, ...]
+    if typing.get_origin(hint) is tuple:  # tuple[int, ...]; one number stands for a 1-tuple
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = (value,)
         if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
             raise _WrongType("a list of whole numbers")
         return tuple(value)
