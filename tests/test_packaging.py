@@ -30,7 +30,7 @@ def test_wheel_installs_only_the_hashae_package(tmp_path):
     )
     installed = {path.name for path in target.iterdir() if not path.name.endswith(".dist-info") and path.name != "bin"}
     assert installed == {"hashae"}
-    assert (target / "hashae" / "index" / "static" / "index.html").is_file()
+    assert (target / "hashae" / "index" / "server" / "static" / "index.html").is_file()
     probe = (
         "import importlib.util, hashae.index.backends.local.store, hashae.cli.main; "
         "assert hashae.index.backends.local.store.__file__.startswith(%r), hashae.index.backends.local.store.__file__; "
