@@ -254,11 +254,50 @@ def test_unknown_kind_names_every_known_kind() -> None:
         ("denoising", {"corruption": {"kind": "mask", "strength": 1.5}}, "out of range"),
         ("undercomplete", {"arch": "conv", "input_shape": (20,)}, "image input"),
         ("undercomplete", {"arch": "conv", "input_shape": (1, 30, 30), "hidden": (4, 8)}, "divisible"),
+        ("undercomplete", {"arch": "conv", "hidden": ()}, "channel counts"),
+        ("sparse", {"sparsity": "abc"}, "sparsity must be a number, got 'abc'"),
+        ("sparse", {"sparsity": -0.5}, "sparsity must be >= 0"),
+        ("vae", {"beta": -1}, "beta must be >= 0"),
+        ("vae", {"beta": float("nan")}, "beta must be a number"),
+        ("hashing", {"code_norm": 1}, "code_norm must be true or false"),
+        ("hashing", {"code_size": 16.0}, "code_size must be a whole number"),
+        ("hashing", {"hidden": [64, "wide"]}, "hidden must be a list of whole numbers"),
+        ("hashing", {"hard_phase": 1.5}, "hard_phase must be <= 1"),
+        ("hashing", {"temperature": 0}, "temperature must be positive"),
+        ("hashing", {"consistency_kind": "triplet"}, "consistency_kind must be one of pull, infonce"),
+        ("hashing", {"corruption": "mask"}, "corruption must be a corruption with the fields kind, strength"),
+        ("denoising", {"corruption": {"kind": "mask", "strength": "x"}}, "strength must be a number"),
     ],
 )
 def test_bad_configs_raise_config_error(kind: str, fields: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         variants.create(variants.make_config(kind, **fields))
+
+
+def test_check_fields_checks_names_types_and_ranges_without_a_shape() -> None:
+    variants.check_fields("hashing", {"code_size": 64, "arch": "conv", "hidden": [8, 16, 32, 64, 128]})  # fine alone
+    for fields, words in [({"code_size": 12}, "multiple of 8"), ({"colour": 1}, "colour"), ({"balance": "lots"}, "number")]:
+        with pytest.raises(ConfigError, match=words):
+            variants.check_fields("hashing", fields)
+    with pytest.raises(ConfigError, match="known kinds"):
+        variants.check_fields("mystery", {})
+
+
+def test_the_config_classes_hold_the_products_defaults_and_the_shape_rules() -> None:
+    image = variants.make_config("hashing", input_shape=(3, 32, 32), code_size=32)
+    assert image == variants.HashingConfig(input_shape=(3, 32, 32)) and variants.make_config("hashing") == variants.HashingConfig()
+    assert (image.recon_loss, image.corruption, image.pair_shift, image.decorrelation) == ("bce", variants.Corruption("mask", 0.2), 1, 0.0)
+    assert (image.hidden, image.code_norm, image.hard_phase, image.consistency_kind, image.sharpen) == ((1024,), True, 1.0, "infonce", 8.0)
+    vector = variants.make_config("hashing", input_shape=(20,), code_size=64)
+    assert (vector.recon_loss, vector.corruption, vector.pair_shift) == ("mse", variants.Corruption("gaussian", 0.2), 0)
+    assert vector.decorrelation == variants.DECORRELATION_WEIGHT
+    assert variants.make_config("denoising", input_shape=(20,)).corruption == variants.Corruption("gaussian", 0.2)
+    assert variants.make_config("denoising").corruption == variants.Corruption("mask", 0.3)
+    assert variants.make_config("undercomplete", input_shape=(20,)).recon_loss == "mse"
+    assert variants.make_config("linear").recon_loss == "mse"  # linear = PCA: MSE whatever the input
+    explicit = variants.make_config("hashing", input_shape=(20,), recon_loss="bce", corruption={"kind": "none", "strength": 0})
+    assert (explicit.recon_loss, explicit.corruption.kind) == ("bce", "none")  # a given value always wins
+    assert variants.make_config("undercomplete", hidden=64).hidden == (64,)
 
 
 def test_bce_model_refuses_inputs_outside_unit_interval(build_model) -> None:
