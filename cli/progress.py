@@ -122,7 +122,7 @@ class RichRenderer:
         elif event.kind == "start":
             self.tasks[event.task] = self.progress.add_task(event.task, total=event.total, info="")
         elif event.task in self.tasks:
-            info = {"info": event.info} if event.info or event.kind == "end" else {}
+            info = {"info": event.info} if event.info else {}  # the last loss terms stay at the end
             self.progress.update(self.tasks[event.task], completed=event.done, **info)
             if event.kind == "end":
                 del self.tasks[event.task]
