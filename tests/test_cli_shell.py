@@ -89,6 +89,21 @@ def test_plain_renderer_without_a_total_and_with_long_durations():
     assert lines[5] == "encoding: 2500/1000000 (0%), 250/s, ETA 1h06m"
 
 
+def test_rich_renderer_draws_one_bar_per_task_with_its_info():
+    from hashae.cli.progress import RichRenderer
+
+    stream = io.StringIO()
+    with RichRenderer(stream) as render:
+        with task(render, "training VAE", total=4) as t:
+            t.advance(4, info="kl 0.25")
+        with task(render, "encoding", total=None) as t:
+            t.advance(7)
+        message(render, "all done")
+    text = stream.getvalue()
+    assert "training VAE" in text and "4/4" in text and "kl 0.25" in text
+    assert "encoding" in text and "all done" in text
+
+
 def test_quiet_reporter_is_silent_and_a_captured_stderr_gets_plain_lines(capsys):
     with reporter(True) as report:
         assert report is silent
