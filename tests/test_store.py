@@ -474,6 +474,15 @@ def test_a_store_is_made_only_once_something_is_recorded(tmp_path):
         info = store.info()
         assert info["empty"] and (info["items"], info["generation"], info["bits"]) == (0, 0, BITS)
 
+    def full_disk(path):
+        raise StoreError("cannot make the catalogue: no space left on device")
+
+    with LocalStore.open(tmp_path / "full", create=True) as store, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Catalogue, "create", full_disk)
+        with pytest.raises(StoreError, match="no space"), store.writer():
+            pass
+    assert not (tmp_path / "full").exists()
+
     existing = tmp_path / "existing"  # a folder the user made: kept, only our files go
     existing.mkdir()
     with LocalStore.open(existing, create=True) as store, store.writer():

@@ -140,19 +140,23 @@ class LocalStore:
         if not self.create and not self.exists():
             raise StoreError(f"no hashae store at {self.root} — run `hashae index FOLDER` first")
         made = self.layout.make_folders()
-        blank = False
+        take_back = False
         try:
             with write_lock(self.layout.lock, store=self.root):
-                catalogue = self._writable_catalogue()
+                catalogue = None
                 try:
+                    catalogue = self._writable_catalogue()
                     yield LocalWriteTransaction(self, catalogue)
                 finally:
-                    blank = catalogue.is_blank()
-                    catalogue.close()
-                    if blank:
+                    if catalogue is not None:
+                        take_back = catalogue.is_blank()
+                        catalogue.close()
+                    else:  # the catalogue could not be made: take back the folders made for it
+                        take_back = bool(made) and not self.exists()
+                    if take_back:
                         self._remove_blank_store()
         finally:
-            if blank:
+            if take_back:
                 for folder in reversed(made):
                     _remove_empty_folder(folder)
 
