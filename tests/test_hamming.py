@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -169,8 +171,8 @@ def test_auto_probes_a_large_clustered_index_and_scans_a_small_one(monkeypatch):
 
 def test_probing_gives_way_to_the_scan_when_it_would_cost_more(monkeypatch):
     rng = np.random.default_rng(12)
-    uniform = rng.integers(0, 256, (30_000, 8), dtype=np.uint8)  # 10-NN ~17 bits away: probing is hopeless
-    index = HammingIndex(64)
+    uniform = rng.integers(0, 256, (30_000, 16), dtype=np.uint8)  # 10-NN ~45 bits away: probing is hopeless
+    index = HammingIndex(128)
     index.add(uniform, np.arange(len(uniform)))
     probes = count_calls(monkeypatch, hamming._MultiIndexTables, "knn")
     scans = count_calls(monkeypatch, hamming._FlatScanner, "knn")
@@ -179,6 +181,46 @@ def test_probing_gives_way_to_the_scan_when_it_would_cost_more(monkeypatch):
     forced_distances, forced_found = index.search(uniform[:3], k=10, strategy="probe")
     np.testing.assert_array_equal(distances, forced_distances)
     np.testing.assert_array_equal(found, forced_found)
+
+
+def test_measured_costs_are_positive_and_price_the_scan_by_size():
+    rng = np.random.default_rng(13)
+    index = HammingIndex(32)
+    index.add(clustered_codes(rng, 40_000, 32, clusters=100), np.arange(40_000))
+    index.search(clustered_codes(rng, 1, 32), k=5)
+    costs = index._costs_cache  # measured once, on this index, by the first "auto" search
+    assert costs is not None and np.isfinite(costs.probe).all() and (costs.probe[1:] > 0).all()
+    assert costs.scan_per_code > 0 and np.isfinite(costs.scan_per_call)
+    assert index._scan_cost(costs, 2) == pytest.approx(2 * index._scan_cost(costs, 1))
+
+
+@pytest.mark.parametrize("scan_is_cheap", [True, False])
+def test_auto_chooses_by_the_measured_costs(monkeypatch, scan_is_cheap):
+    """The same index and queries: auto scans when the measurements say scanning is cheap, probes
+    when they say it is dear, and answers exactly like both forced strategies either way."""
+    rng = np.random.default_rng(14)
+    codes = clustered_codes(rng, 30_010, 32, clusters=50)
+    dear, cheap = 1e6, 1e-6
+    measured = hamming._ProbeCosts(
+        probe=np.array([1.0, 1.0, 1.0]) * (dear if scan_is_cheap else cheap),
+        scan_per_call=1.0, scan_per_code=cheap if scan_is_cheap else dear,
+    )
+    monkeypatch.setattr(hamming._ProbeCosts, "measure", classmethod(lambda cls, tables, codes: measured))
+    index = HammingIndex(32)
+    index.add(codes[:30_000], np.arange(30_000) * 7)
+    probes = count_calls(monkeypatch, hamming._MultiIndexTables, "knn")
+    scans = count_calls(monkeypatch, hamming._FlatScanner, "knn")
+    auto = index.search(codes[30_000:], k=25)
+    assert (len(probes), len(scans)) == ((10, 10) if scan_is_cheap else (10, 0))
+    for strategy in ("probe", "scan"):
+        for a, b in zip(auto, index.search(codes[30_000:], k=25, strategy=strategy)):
+            np.testing.assert_array_equal(a, b)
+    ball_scans = count_calls(monkeypatch, hamming._FlatScanner, "ball")
+    balls = index.range_search(codes[30_000:], radius=2)
+    assert len(ball_scans) == (10 if scan_is_cheap else 0)
+    for (d, i), (fd, fi) in zip(balls, index.range_search(codes[30_000:], radius=2, strategy="probe")):
+        np.testing.assert_array_equal(d, fd)
+        np.testing.assert_array_equal(i, fi)
 
 
 # ---- edges ------------------------------------------------------------------------------------
@@ -279,6 +321,102 @@ def test_damaged_bytes_raise_index_file_error(data, index):
     with pytest.raises(IndexFileError, match="version 99"):
         HammingIndex.from_bytes(bytes(newer))
     assert issubclass(IndexFileError, HashaeError)
+
+
+# ---- compact layout ---------------------------------------------------------------------------
+
+ID_KINDS = {
+    "consecutive": lambda n: np.arange(n, dtype=np.int64) + 1_000,  # stored as nothing
+    "span under 2**32": lambda n: np.arange(n, dtype=np.int64) * 3 - 2**40,  # uint32 offsets
+    "span over 2**32": lambda n: np.arange(n, dtype=np.int64) * 2**30 - 2**50,  # int64
+}
+ID_BYTES = {"consecutive": 0, "span under 2**32": 4, "span over 2**32": 8}
+
+
+@pytest.mark.parametrize("kind", ID_KINDS)
+def test_ids_are_stored_compactly_and_answer_alike(kind):
+    rng = np.random.default_rng(21)
+    codes = clustered_codes(rng, 3_012, 32)
+    ids = ID_KINDS[kind](3_000)
+    index = HammingIndex(32)
+    index.add(codes[:3_000], ids)
+    assert index.nbytes == 3_000 * (4 + ID_BYTES[kind])
+    np.testing.assert_array_equal(index.ids(), ids)
+    asked = np.array([ids[7], ids[7] + 1, ids[7] - 1, ids[-1], ids[-1] + 1, ids[0] - 1, -(2**63), 2**63 - 1])
+    np.testing.assert_array_equal(index.contains(asked), np.isin(asked, ids))
+    restored = HammingIndex.from_bytes(index.to_bytes())
+    assert restored.nbytes == index.nbytes
+    assert len(index.to_bytes()) == hamming._HEADER.size + 3_000 * (4 + ID_BYTES[kind]) + hamming._CHECKSUM.size
+    assert_probing_is_exact(HammingIndex(32), codes[:3_000], ids, codes[3_000:], k=20, radius=3)
+    for a, b in zip(restored.search(codes[3_000:], k=20), index.search(codes[3_000:], k=20, strategy="scan")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_tables_hold_rows_and_residuals_in_the_fewest_bytes():
+    """32 bits, 2 tables: per code 4 bytes of code, 2 x 4 of uint32 rows, 2 x 2 of 16-bit residuals."""
+    rng = np.random.default_rng(22)
+    n = 5_000
+    index = HammingIndex(32)
+    index.add(clustered_codes(rng, n, 32), np.arange(n))
+    index.search(index.codes_of(np.array([0])), k=1, strategy="probe")
+    offsets = (2 * 2**16 + 1) * 4  # uint32, one per bucket of each table
+    assert index.nbytes == n * (4 + 2 * 4 + 2 * 2) + offsets
+    tables = index._tables_cache
+    assert tables.rows.dtype == np.uint32 and tables.words.dtype == np.uint16 and tables.words.shape == (2 * n, 1)
+
+
+def test_insertions_between_stored_ids_keep_rows_in_id_order():
+    rng = np.random.default_rng(23)
+    codes = clustered_codes(rng, 2_010, 32)
+    ids = np.arange(2_000, dtype=np.int64) * 5
+    index = HammingIndex(32)
+    for part in (slice(1, None, 2), slice(0, None, 4), slice(2, None, 4)):  # odd rows, then between them
+        index.search(codes[2_000:2_001], k=3, strategy="probe")  # tables built, then dropped by the add
+        index.add(codes[:2_000][part], ids[part])
+    np.testing.assert_array_equal(index.ids(), ids)
+    np.testing.assert_array_equal(index.codes_of(ids), codes[:2_000])
+    assert index.nbytes == 2_000 * (4 + 4)
+    with pytest.raises(DuplicateIdError, match="already in the index: 5"):
+        index.add(codes[:2], np.array([5, 6]))
+    truth = brute_force(codes[2_000:], codes[:2_000], ids)
+    for strategy in STRATEGIES:
+        distances, found = index.search(codes[2_000:], k=30, strategy=strategy)
+        for (true_distances, true_ids), d, i in zip(truth, distances, found):
+            np.testing.assert_array_equal(d, true_distances[:30])
+            np.testing.assert_array_equal(i, true_ids[:30])
+
+
+def test_negative_ids():
+    rng = np.random.default_rng(24)
+    codes = clustered_codes(rng, 510, 16)
+    ids = rng.choice(np.arange(-1_000, 1_000), 500, replace=False)
+    assert_probing_is_exact(HammingIndex(16), codes[:500], ids, codes[500:], k=12, radius=2)
+
+
+def test_format_version_1_still_loads(data, index):
+    nbits, codes, ids, queries = data
+    body = hamming._HEADER_V1.pack(hamming._MAGIC, 1, index.substrings, nbits, len(ids))
+    body += np.sort(ids).astype("<i8").tobytes() + index.codes_of(np.sort(ids)).tobytes()
+    old = HammingIndex.from_bytes(body + hamming._CHECKSUM.pack(zlib.crc32(body)))
+    assert (old.nbits, old.ntotal, old.substrings) == (nbits, len(ids), index.substrings)
+    for a, b in zip(old.search(queries, k=12), index.search(queries, k=12)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_loading_bytes_keeps_views_and_a_bytearray_is_copied(data, index):
+    nbits, codes, ids, queries = data
+    blob = index.to_bytes()
+    viewed = HammingIndex.from_bytes(blob)
+    assert not viewed._codes.flags.writeable  # a view into blob, never written in place
+    mutable = bytearray(blob)
+    copied = HammingIndex.from_bytes(mutable)
+    mutable[hamming._HEADER.size :] = bytes(len(mutable) - hamming._HEADER.size)
+    np.testing.assert_array_equal(copied.codes_of(ids), codes)
+    viewed.remove(ids[:10])  # updates make new arrays
+    viewed.add(codes[:10], ids[:10])
+    np.testing.assert_array_equal(viewed.codes_of(ids), codes)
+    for a, b in zip(viewed.search(queries, k=7, strategy="probe"), index.search(queries, k=7, strategy="scan")):
+        np.testing.assert_array_equal(a, b)
 
 
 # ---- refusals ---------------------------------------------------------------------------------
