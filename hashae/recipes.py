@@ -128,12 +128,3 @@ def measure_codes(model: Autoencoder, inputs: torch.Tensor, *, limit: int = 1000
         z = torch.cat([model.encode_pre(model.normalise(chunk)) for chunk in sample.split(1024)])
     # centred on the calibrated thresholds, so the stats' bits (activation > 0.5) are the model's bits
     return code_stats(torch.sigmoid(z[:, : model.config.code_size] - model.bit_threshold).numpy())
-
-
-# TEMPORARY, until index/training.py (the store's model pair) lands: the old pipeline's entry point.
-# Removed from hashae in this same rebuild (issue 10); nothing new may call it.
-def train_store_models(x: np.ndarray, *, bits: int, latent_dim: int, show_progress: bool = True, **options: Any) -> dict[str, FitResult]:
-    return {
-        "hashing": fit_default("hashing", x, code_size=bits, name="hashing model", **options),
-        "latent": fit_default("vae", x, code_size=latent_dim, name="VAE", **options),
-    }
