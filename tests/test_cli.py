@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from conftest import index_quietly, store_state
+from conftest import index_quietly
 from typer.testing import CliRunner
 
 from hashae.cli.main import app
-from hashae.index.backends.local.store import Store
+from hashae.index.backends import open_store
+from hashae.index.search import HYBRID_SHORTLIST
+from hashae.index.settings import StoreSettings
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"rank", "id", "path", "label", "distance"}
@@ -50,11 +52,31 @@ def assert_one_line_error(result, *words: str) -> None:
 def catalogue(indexed_library):
     """(folder, store, ids int64 (n,), codes uint8 (n, B), latents float32 (n, d), {id: path})."""
     folder, store = indexed_library
-    with Store.open(store) as opened:
-        gen = opened.snapshot().gen
-        ids, codes, latents = (np.array(a) for a in opened.catalogue.items_visible(gen))
-    paths = {row[0]: path for path, row in store_state(store).items()}
-    return folder, store, ids, codes, latents, paths
+    return (folder, store, *stored_vectors(store))
+
+
+def stored_vectors(store: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+    """The newest generation's ids int64 (n,), codes uint8 (n, B), latents float32 (n, d), {id: path}."""
+    opened = open_store(store)
+    try:
+        view = opened.snapshot()
+        ids = view.item_ids()
+        items = view.items(ids.tolist())
+        return ids, view.codes_of(ids), view.latents_of(ids), {i: items[i].path for i in ids.tolist()}
+    finally:
+        opened.close()
+
+
+def query_vectors(store: Path, image: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The code (1, B) and latent (1, d) `hashae query IMAGE` searches with: the store's encoders."""
+    from hashae.index.query import QueryEngine
+
+    opened = open_store(store)
+    try:
+        engine = QueryEngine.open(opened)
+        return engine.encode(engine.decode(image)[None])
+    finally:
+        opened.close()
 
 
 def hamming_to_all(codes: np.ndarray, code: np.ndarray) -> np.ndarray:
@@ -69,9 +91,16 @@ def pairs(results: list[dict]) -> list[tuple[int, object]]:
     return [(hit["id"], hit["distance"]) for hit in results]
 
 
-def brute_knn(ids, distances, k, *, itself=None):
-    """The k nearest by (distance, id); with `itself` (an id query) that item first."""
-    order = np.lexsort((ids, ids != itself, distances))[:k]
+def latent_to_all(latents: np.ndarray, latent: np.ndarray) -> np.ndarray:
+    """Squared L2 float32, computed as the search module computes it."""
+    return ((latents - latent) ** 2).sum(axis=1, dtype=np.float32)
+
+
+def brute_knn(ids, distances, k, *, itself=None, then=None):
+    """The k nearest by (distance, then, id) (`then`: per-item tie keys, e.g. latent distances);
+    with `itself` (an id query) that item first."""
+    keys = (ids,) if then is None else (ids, then)
+    order = np.lexsort((*keys, ids != itself, distances))[:k]
     return ids[order], distances[order]
 
 
@@ -85,7 +114,7 @@ def check_answer_shape(answer: dict, *, query, mode: str) -> None:
 
 
 def test_query_by_image_json_finds_itself_and_matches_brute_force(catalogue):
-    folder, store, ids, codes, _, paths = catalogue
+    folder, store, ids, codes, latents, paths = catalogue
     # an item whose code is shared by at most 5 items, so it must be among the 10 nearest
     for item_id, code in zip(ids, codes):
         if (hamming_to_all(codes, code) == 0).sum() <= 5:
@@ -99,9 +128,17 @@ def test_query_by_image_json_finds_itself_and_matches_brute_force(catalogue):
         {key: hit[key] for key in ("id", "path", "distance")} for hit in results
     ]
     assert all(hit["label"] == hit["path"].split("/")[0] for hit in results)
-    want_ids, want_distances = brute_knn(ids, hamming_to_all(codes, code_of(answer)), 10)
+    q_code, q_latent = query_vectors(store, image)
+    assert (q_code[0] == code_of(answer)).all()
+    distances = hamming_to_all(codes, q_code[0])
+    # ties within a Hamming distance go by latent distance, over the whole tied group at the 10th
+    want_ids, want_distances = brute_knn(ids, distances, 10, then=latent_to_all(latents, q_latent[0]))
     assert pairs(results) == list(zip(want_ids.tolist(), want_distances.tolist()))
     assert all(isinstance(hit["distance"], int) for hit in results)
+    by_id = json_lines(ok("query", image, "--store", store, "--json", "--ties", "id"))[0]
+    assert by_id["ties"] == "id" and answer["ties"] == "latent"
+    want_ids, want_distances = brute_knn(ids, distances, 10)
+    assert pairs(by_id["results"]) == list(zip(want_ids.tolist(), want_distances.tolist()))
 
 
 def test_query_several_images_and_ids_one_line_each(catalogue):
@@ -115,27 +152,30 @@ def test_query_several_images_and_ids_one_line_each(catalogue):
         assert answer["results"][0]["id"] == answer["query"] and answer["results"][0]["distance"] == 0
 
 
+@pytest.mark.parametrize("ties", ["latent", "id"])
 @pytest.mark.parametrize("radius", [0, 2, 5])
-def test_radius_returns_every_item_within_it(catalogue, radius):
-    _, store, ids, codes, _, paths = catalogue
+def test_radius_returns_every_item_within_it(catalogue, radius, ties):
+    _, store, ids, codes, latents, paths = catalogue
     row = 7
-    answer = json_lines(ok("query", "--id", ids[row], "--radius", radius, "--store", store, "--json"))[0]
+    answer = json_lines(ok("query", "--id", ids[row], "--radius", radius, "--ties", ties, "--store", store, "--json"))[0]
     check_answer_shape(answer, query=int(ids[row]), mode="hamming")
     distances = hamming_to_all(codes, codes[row])
     inside = distances <= radius
-    want_ids, want_distances = brute_knn(ids[inside], distances[inside], len(ids), itself=ids[row])
+    then = latent_to_all(latents[inside], latents[row]) if ties == "latent" else None
+    want_ids, want_distances = brute_knn(ids[inside], distances[inside], len(ids), itself=ids[row], then=then)
     assert pairs(answer["results"]) == list(zip(want_ids.tolist(), want_distances.tolist()))
     assert pairs(answer["results"])[0] == (int(ids[row]), 0)
     assert all(hit["path"] == paths[hit["id"]] for hit in answer["results"])
 
 
 def test_radius_with_an_image_and_a_cap(catalogue):
-    folder, store, ids, codes, _, paths = catalogue
+    folder, store, ids, codes, latents, paths = catalogue
     image = folder / paths[int(ids[0])]
-    answer = json_lines(ok("query", image, "--radius", 6, "-k", 4, "--store", store, "--json"))[0]
-    distances = hamming_to_all(codes, code_of(answer))
+    answer = json_lines(ok("query", image, "--radius", 6, "--top", 4, "--store", store, "--json"))[0]
+    q_code, q_latent = query_vectors(store, image)
+    distances = hamming_to_all(codes, q_code[0])
     inside = distances <= 6
-    want_ids, want_distances = brute_knn(ids[inside], distances[inside], 4)
+    want_ids, want_distances = brute_knn(ids[inside], distances[inside], 4, then=latent_to_all(latents[inside], q_latent[0]))
     assert pairs(answer["results"]) == list(zip(want_ids.tolist(), want_distances.tolist()))
 
 
@@ -152,15 +192,20 @@ def test_latent_mode_matches_brute_force(catalogue):
     np.testing.assert_allclose(got, np.sort(distances)[:5], rtol=1e-4, atol=1e-6)
 
 
-def test_hybrid_mode_reranks_the_hamming_shortlist(catalogue):
+@pytest.mark.parametrize("ties", ["latent", "id"])
+def test_hybrid_mode_reranks_the_hamming_shortlist(catalogue, ties):
     _, store, ids, codes, latents, _ = catalogue
     row, k = 13, 5
-    answer = json_lines(ok("query", "--id", ids[row], "--mode", "hybrid", "-k", k, "--store", store, "--json"))[0]
+    args = ["query", "--id", ids[row], "--mode", "hybrid", "-k", k, "--ties", ties, "--store", store, "--json"]
+    answer = json_lines(ok(*args))[0]
     check_answer_shape(answer, query=int(ids[row]), mode="hybrid")
-    shortlist = np.lexsort((ids, hamming_to_all(codes, codes[row])))[: max(10 * k, 100)]
-    distances = ((latents[shortlist] - latents[row]) ** 2).sum(axis=1)
-    want = brute_knn(ids[shortlist], distances, k, itself=ids[row])[0]
-    assert [hit["id"] for hit in answer["results"]] == want.tolist()
+    latent = latent_to_all(latents, latents[row])
+    # the shortlist: the hamming mode's answer at depth max(k, HYBRID_SHORTLIST)
+    shortlist = brute_knn(np.arange(len(ids)), hamming_to_all(codes, codes[row]), max(k, HYBRID_SHORTLIST),
+                          itself=row, then=latent if ties == "latent" else ids)[0]
+    want_ids, want_distances = brute_knn(ids[shortlist], latent[shortlist], k, itself=ids[row])
+    assert [hit["id"] for hit in answer["results"]] == want_ids.tolist()
+    np.testing.assert_allclose([hit["distance"] for hit in answer["results"]], want_distances, rtol=1e-6)
     assert answer["results"][0]["distance"] == 0.0
 
 
@@ -170,17 +215,98 @@ def test_id_query_finds_itself_first_among_many_ties(library_copy):
     for i in range(4):  # identical files: identical codes, a guaranteed tie at distance 0
         (folder / "Bag" / f"zz_copy_{i}.png").write_bytes(original.read_bytes())
     index_quietly(store, folder)
-    state = store_state(store)
-    bucket = sorted(item_id for item_id, code, _ in state.values() if code == state[f"Bag/{original.name}"][1])
+    ids, codes, latents, paths = stored_vectors(store)
+    row = [paths[i] for i in ids.tolist()].index(f"Bag/{original.name}")
+    shared = (codes == codes[row]).all(axis=1)
+    bucket = sorted(ids[shared].tolist())
     assert len(bucket) >= 5
     last = max(bucket)  # ranks last among its ties by id
     k = len(bucket) - 1
     for mode in ("hamming", "hybrid"):
-        answer = json_lines(ok("query", "--id", last, "-k", k, "--mode", mode, "--store", store, "--json"))[0]
-        assert len(answer["results"]) == k
-        assert answer["results"][0]["id"] == last and answer["results"][0]["distance"] == 0
-    answer = json_lines(ok("query", "--id", last, "-k", k, "--radius", 0, "--store", store, "--json"))[0]
-    assert [hit["id"] for hit in answer["results"]] == [last, *bucket[: k - 1]]
+        for ties in ("latent", "id"):
+            answer = json_lines(ok("query", "--id", last, "-k", k, "--mode", mode, "--ties", ties, "--store", store, "--json"))[0]
+            assert len(answer["results"]) == k
+            assert answer["results"][0]["id"] == last and answer["results"][0]["distance"] == 0
+    by_id = json_lines(ok("query", "--id", last, "-k", k, "--radius", 0, "--ties", "id", "--store", store, "--json"))[0]
+    assert [hit["id"] for hit in by_id["results"]] == [last, *bucket[: k - 1]]
+    by_latent = json_lines(ok("query", "--id", last, "-k", k, "--radius", 0, "--store", store, "--json"))[0]
+    then = latent_to_all(latents[shared], latents[ids == last][0])
+    assert [hit["id"] for hit in by_latent["results"]] == brute_knn(ids[shared], np.zeros(len(bucket)), k, itself=last, then=then)[0].tolist()
+
+
+@pytest.fixture(scope="module")
+def crowded_store(indexed_library, tmp_path_factory):
+    """(folder, store): the library indexed again with 8-bit codes, so most codes are shared."""
+    folder, _ = indexed_library
+    store = tmp_path_factory.mktemp("crowded") / "store"
+    index_quietly(store, folder, bits=8)
+    return folder, store
+
+
+def test_own_file_comes_first_among_many_ties(crowded_store):
+    folder, store = crowded_store
+    ids, codes, _, paths = stored_vectors(store)
+    _, sizes = np.unique(codes, axis=0, return_counts=True)
+    assert sizes.max() >= 5  # many items share a code
+    crowded = [i for i, code in zip(ids.tolist(), codes) if (codes == code).all(axis=1).sum() >= 3]
+    for item_id in crowded[:12]:
+        answer = json_lines(ok("query", folder / paths[item_id], "-k", 3, "--store", store, "--json"))[0]
+        assert (answer["results"][0]["id"], answer["results"][0]["distance"]) == (item_id, 0), paths[item_id]
+    by_id = [json_lines(ok("query", folder / paths[i], "-k", 1, "--ties", "id", "--store", store, "--json"))[0] for i in crowded[:12]]
+    assert any(answer["results"][0]["id"] != i for answer, i in zip(by_id, crowded)), "ties by id would lose some"
+
+
+def test_a_resized_jpeg_copy_finds_its_original_first(crowded_store, tmp_path):
+    from PIL import Image
+
+    folder, store = crowded_store
+    ids, codes, _, paths = stored_vectors(store)
+    found = 0
+    for item_id in ids[::5].tolist():
+        with Image.open(folder / paths[item_id]) as original:
+            copy = tmp_path / f"copy_{item_id}.jpg"
+            original.resize((56, 56), Image.BILINEAR).convert("RGB").save(copy, quality=90)
+        answer = json_lines(ok("query", copy, "-k", 1, "--store", store, "--json"))[0]
+        first = answer["results"][0]
+        own_distance = int(hamming_to_all(codes[ids == item_id], code_of(answer))[0])
+        if own_distance == first["distance"]:  # the original is in the first tied group: it leads it
+            assert first["id"] == item_id, (paths[item_id], first)
+            found += 1
+    assert found >= 10
+
+
+def test_bad_files_among_good_ones(catalogue, tmp_path):
+    folder, store, ids, _, _, paths = catalogue
+    good = [folder / paths[int(i)] for i in ids[:2]]
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    result = invoke("query", good[0], bad, good[1], "--id", 10**9, "--store", store, "--json", "-k", 2)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert [answer["query"] for answer in json_lines(result)] == [str(good[0]), str(good[1])]
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2 and all(line.startswith("error: ") for line in errors), errors
+    assert "bad.png" in errors[0] and "not an image" in errors[0] and str(10**9) in errors[1]
+
+
+def test_a_closed_pipe_ends_the_output_quietly(catalogue):
+    _, store, ids, _, _, _ = catalogue
+    args = [sys.executable, "-m", "hashae.cli.main", "query", "--store", str(store), "--json", "-k", "150"]
+    for item_id in ids[:60].tolist():  # far more than a pipe buffer holds
+        args += ["--id", str(item_id)]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()  # what `| head -1` does after its line
+    _, stderr = process.communicate(timeout=120)
+    assert json.loads(first)["query"] == int(ids[0])
+    assert stderr == b"", stderr.decode()
+    assert process.returncode == 141  # as a Unix tool killed by SIGPIPE
+
+
+def test_the_sheet_folder_is_never_created(catalogue, tmp_path):
+    _, store, ids, _, _, _ = catalogue
+    missing = tmp_path / "nowhere" / "deeper"
+    assert_one_line_error(invoke("query", "--id", ids[0], "--store", store, "--sheet", missing / "s.png"), "does not exist")
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_query_table_output_and_contact_sheet(catalogue, tmp_path):
@@ -244,6 +370,7 @@ def test_one_line_errors(catalogue, tmp_path):
     assert_one_line_error(invoke("query", "--id", 10**9, "--store", store), str(10**9))
     assert_one_line_error(invoke("query", "--id", ids[0], "--radius", 2, "--mode", "latent", "--store", store), "--radius")
     assert_one_line_error(invoke("query", "--id", ids[0], "--mode", "cosine", "--store", store), "cosine")
+    assert_one_line_error(invoke("query", "--id", ids[0], "--ties", "random", "--store", store), "random", "latent, id")
     assert_one_line_error(invoke("query", "--id", ids[0], "--radius", 99, "--store", store), "radius")
     assert_one_line_error(invoke("index", tmp_path / "no-folder", "--store", tmp_path / "s2", "-q"), "no-folder")
     assert_one_line_error(invoke("generate", "--model", tmp_path / "no-model", "--out", tmp_path / "g.png"))
@@ -254,7 +381,10 @@ def test_one_line_errors(catalogue, tmp_path):
 
 
 def test_a_store_without_a_generation_is_a_clean_error(tmp_path):
-    Store.open(tmp_path / "store", create=True).close()
+    opened = open_store(tmp_path / "store", create=True)
+    with opened.writer() as writer:  # settings recorded, nothing committed
+        writer.set_settings(StoreSettings())
+    opened.close()
     assert_one_line_error(invoke("query", "--id", 1, "--store", tmp_path / "store"), "hashae index")
     info = json_lines(ok("info", "--store", tmp_path / "store", "--json"))[0]
     assert (info["items"], info["generation"], info["skipped"]) == (0, 0, [])
@@ -266,6 +396,7 @@ def test_a_store_without_a_generation_is_a_clean_error(tmp_path):
         ["query"],  # neither an image nor --id
         ["query", "--id", "x"],
         ["query", "--id", "1", "-k", "0"],
+        ["query", "--id", "1", "--k", "3"],  # -k or --top; no odd --k
         ["query", "--id", "1", "--radius", "-1"],
         ["query", "--bogus"],
         ["index"],
@@ -317,7 +448,10 @@ def test_every_command_appears_in_the_readme():
 
 # ---------------------------------------------------------------------------------- cold start
 def test_query_path_does_not_import_torch():
-    code = "import cli.main, cli.query, index.query, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys, hashae.cli.main, hashae.cli.query, hashae.cli.serve, hashae.index.query, hashae.index.search, hashae.index.server\n"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from serving import cli, small_store
 
-from hashae.index.backends.local.store import Store
+from hashae.index.backends import open_store
 
 TILE = 28 * 3  # the 28-pixel images drawn 3 times larger
 PAD = 4  # hashae.images.captioned_grid's padding
@@ -22,9 +22,13 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(store):
     _, store_dir = store
-    with Store.open(store_dir) as opened:
-        snapshot = opened.snapshot()
-        return opened.model_dir(snapshot.hashing_model()), opened.model_dir(snapshot.latent_model())
+    opened = open_store(store_dir)
+    try:
+        view = opened.snapshot()
+        pair = view.models()
+        return view.model_dir(pair.hashing), view.model_dir(pair.latent)
+    finally:
+        opened.close()
 
 
 def pixels(path) -> np.ndarray:

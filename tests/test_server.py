@@ -20,7 +20,7 @@ from serving import Server, cli, copy_store, small_store, wait_for
 from typer.testing import CliRunner
 
 from hashae.cli.main import app
-from hashae.index.backends.local.store import Store
+from hashae.index.backends import open_store
 
 CLI_RESULT_KEYS = {"rank", "id", "path", "label", "distance"}
 UPLOAD_LIMIT_MB = 0.05  # the guarded server's body cap: 52,428 bytes
@@ -63,7 +63,7 @@ def test_health_and_stats(client):
     assert stats["bits"] % 8 == 0 and stats["image_size"] == 28 and stats["channels"] == 1
     assert sum(stats["labels"].values()) == 200
     assert stats["models"]["hashing"]["kind"] == "hashing"
-    assert stats["modes"] == ["hamming", "latent", "hybrid"]
+    assert stats["modes"] == ["hamming", "latent", "hybrid"] and stats["ties"] == ["latent", "id"]
 
 
 def test_items_sample_and_metadata(client):
@@ -95,11 +95,12 @@ def test_thumbnail_is_the_catalogued_picture(client, store):
 def test_query_by_id_is_the_cli_answer_plus_codes(client, store):
     _, store_dir = store
     item_id = ids_of(client)[5]
-    for params in ({"k": 7}, {"k": 5, "mode": "latent"}, {"k": 5, "mode": "hybrid"}, {"radius": 2, "k": 50}):
+    cases = ({"k": 7}, {"k": 7, "ties": "id"}, {"k": 5, "mode": "latent"}, {"k": 5, "mode": "hybrid"}, {"radius": 2, "k": 50}, {"radius": 3, "ties": "id"})
+    for params in cases:
         answer = client.get("/api/query", params={"id": item_id, **params}).json()
         args = ["query", "--id", item_id, "--store", store_dir, "--json"]
         for key, value in params.items():
-            args += [f"--{key}", value]
+            args += ["-k" if key == "k" else f"--{key}", value]
         line = json.loads(CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False).stdout)
         assert set(line) <= set(answer) and answer["generation"] >= 1
         assert {k: answer[k] for k in line if k != "results"} == {k: v for k, v in line.items() if k != "results"}
@@ -109,13 +110,17 @@ def test_query_by_id_is_the_cli_answer_plus_codes(client, store):
             if answer["mode"] == "hamming":  # the distance is the number of differing bits
                 assert sum(a != b for a, b in zip(result["code"], answer["code"])) == result["distance"]
     assert client.get("/api/query", params={"id": item_id}).json()["results"][0]["id"] == item_id
+    assert client.get("/api/query", params={"id": item_id}).json()["ties"] == "latent"  # the default
 
 
-def test_query_by_upload(client, an_image):
+def test_query_by_upload(client, store, an_image):
+    images, _ = store
     multipart = client.post("/api/query", params={"k": 4}, files={"image": ("shoe.png", an_image, "image/png")})
     assert multipart.status_code == 200, multipart.text
     answer = multipart.json()
     assert answer["query"] == "shoe.png" and len(answer["results"]) == 4 and answer["results"][0]["distance"] == 0
+    own = sorted(images.rglob("*.png"))[0].relative_to(images).as_posix()
+    assert answer["results"][0]["path"] == own  # its own item leads the items that share its code
     raw = client.post("/api/query", params={"k": 4, "mode": "hybrid"}, content=an_image)
     assert raw.status_code == 200 and raw.json()["mode"] == "hybrid"
 
@@ -186,7 +191,14 @@ def test_unknown_ids_get_404(client):
 
 @pytest.mark.parametrize(
     ("params", "words"),
-    [({"mode": "cosine"}, "unknown mode"), ({"k": 0}, "k"), ({"radius": 999}, "radius"), ({"radius": 1, "mode": "latent"}, "hamming"), ({"k": "many"}, "k")],
+    [
+        ({"mode": "cosine"}, "unknown mode"),
+        ({"k": 0}, "k"),
+        ({"radius": 999}, "radius"),
+        ({"radius": 1, "mode": "latent"}, "hamming"),
+        ({"k": "many"}, "k"),
+        ({"ties": "random"}, "tie order"),
+    ],
 )
 def test_bad_query_parameters_get_400(client, params, words):
     item_id = ids_of(client)[0]
@@ -266,10 +278,13 @@ def test_queries_keep_succeeding_while_the_store_is_reindexed(store, tmp_path):
         assert len(statuses) >= 10 and not errors, errors[:3]
         stats = http.get("/api/stats").json()
         assert stats["items"] == 255 and stats["refreshes"] >= 1
-        with Store.open(store_dir) as opened:
-            snapshot = opened.snapshot()
-            after, final_ids = snapshot.gen, set(snapshot.latent.ids().tolist())
+        opened = open_store(store_dir)
+        try:
+            view = opened.snapshot()
+            after, final_ids = view.gen, set(view.item_ids().tolist())
             new_id = max(final_ids)
+        finally:
+            opened.close()
         # every answer came whole from one generation: the old one's items, or the new one's
         generations = [gen for gen, _ in answers]
         assert generations == sorted(generations) and set(generations) <= {before, after}
