@@ -87,6 +87,17 @@ def test_ball_equals_brute_force(data, index, strategy):
             assert len(np.unique(i)) == len(i)
 
 
+def test_scan_past_the_counting_limit_takes_two_exact_passes(data, index, monkeypatch):
+    nbits, codes, ids, queries = data
+    monkeypatch.setattr(hamming, "SCAN_COUNTING_MAX_K", 5)
+    assert hamming._FlatScanner.passes(6) == 2
+    truth = brute_force(queries, codes, ids)
+    distances, found = index.search(queries, k=40, strategy="scan")
+    for (true_distances, true_ids), d, i in zip(truth, distances, found):
+        np.testing.assert_array_equal(d, true_distances[:40])
+        np.testing.assert_array_equal(i, true_ids[:40])
+
+
 def test_ball_never_shrinks_as_radius_grows_and_ends_with_everything(data, index):
     nbits, codes, _, queries = data
     for query in queries[:3]:
@@ -155,11 +166,12 @@ def count_calls(monkeypatch, owner, name):
 def test_auto_probes_a_large_clustered_index_and_scans_a_small_one(monkeypatch):
     rng = np.random.default_rng(11)
     big = clustered_codes(rng, 60_000, 32, clusters=200, flip=0.03)
+    large = HammingIndex(32)
+    large.add(big, np.arange(len(big)))
+    large.search(big[:1], k=10)  # the first "auto" search times probing and scanning on this index
     probes = count_calls(monkeypatch, hamming._MultiIndexTables, "knn")
     scans = count_calls(monkeypatch, hamming._FlatScanner, "knn")
 
-    large = HammingIndex(32)
-    large.add(big, np.arange(len(big)))
     large.search(big[:5], k=10)
     assert (len(probes), len(scans)) == (5, 0)
 
@@ -174,6 +186,7 @@ def test_probing_gives_way_to_the_scan_when_it_would_cost_more(monkeypatch):
     uniform = rng.integers(0, 256, (30_000, 16), dtype=np.uint8)  # 10-NN ~45 bits away: probing is hopeless
     index = HammingIndex(128)
     index.add(uniform, np.arange(len(uniform)))
+    index.search(uniform[:1], k=10)  # the first "auto" search times probing and scanning on this index
     probes = count_calls(monkeypatch, hamming._MultiIndexTables, "knn")
     scans = count_calls(monkeypatch, hamming._FlatScanner, "knn")
     distances, found = index.search(uniform[:3], k=10)

@@ -16,7 +16,9 @@ ids spanning under 2**32, 24 otherwise):
   each table also keeps, in bucket order, every code's *residual* (the code minus the table's own
   substring, b - b/m bits: 2 bytes at 32 bits), so that verifying a bucket reads contiguous memory;
   longer codes are read by row instead.
-The scan (FAISS's popcount k-NN and range search) reads the codes in place: no second copy.
+The exhaustive scan (FAISS's popcount k-NN and range search, called on the index's own array) reads
+the codes in place: no second copy. Its k-NN is FAISS's counting variant, which breaks ties by the
+smallest row in a single pass.
 
 k-NN grows the covered radius one bit at a time until the k-th best candidate is certain. Before
 each round it prices the round with costs measured in this process on this index (ns per round,
@@ -55,7 +57,7 @@ MAX_BITS_BY_POSITION = 64  # longer codes are verified by row, not from residual
 # Below this many codes "auto" always scans (under 40 us a query): the compiled kernels then stay
 # unloaded, which spares a fresh process (a CLI query) about 0.25 s of CPU.
 MIN_ITEMS_TO_PROBE = 20_000
-SCAN_PASSES = 2  # a k-NN scan is a FAISS k-NN, then a range search that orders the ties by id
+SCAN_COUNTING_MAX_K = 4096  # up to this k a k-NN scan is one pass (see _FlatScanner.knn)
 
 _HEADER_V1 = struct.Struct("<8sHHIQ")  # magic, format version, substrings, nbits, count
 _HEADER = struct.Struct("<8sHHIQB7xq")  # ... then how ids are stored, and the smallest id
@@ -223,7 +225,7 @@ class HammingIndex:
         queries = self._check_queries(queries, strategy)
         costs = self._probe_costs(strategy)
         tables = None if costs is None else self._tables
-        budget = None if costs is None else self._scan_cost(costs, SCAN_PASSES)
+        budget = None if costs is None else self._scan_cost(costs, _FlatScanner.passes(k))
         distances = np.empty((len(queries), k), dtype=np.int32)
         rows = np.empty((len(queries), k), dtype=np.int64)
         distances.fill(-1)
@@ -464,7 +466,7 @@ class _SortedIds:
     def kept(self, keep: np.ndarray) -> _SortedIds:
         """The ids where keep is True."""
         if self.offsets is None:
-            return _SortedIds.of(self.base, np.flatnonzero(keep).astype(np.int64))
+            return _SortedIds.of(self.base, np.arange(self.count, dtype=np.uint32)[keep])
         return _SortedIds.of(self.base, self.offsets[keep])
 
     def section(self) -> tuple[int, int, memoryview | bytes]:
@@ -625,11 +627,27 @@ class _FlatScanner:
         return np.sort(keys)
 
     def knn(self, query: np.ndarray, k: int) -> np.ndarray:
-        """FAISS finds the k-th distance; a range search then gathers all its ties to order them by id."""
-        if len(self.codes) == 0:
+        """Keys of the k nearest rows, sorted by (distance, row).
+
+        FAISS's counting k-NN (hammings_knn_mc) reads rows in order and keeps, per distance, the
+        first k it meets: ties come out by smallest row, in one pass. It holds (nbits + 1) * k ids,
+        so past SCAN_COUNTING_MAX_K the heap k-NN finds the k-th distance and a range search then
+        gathers its ties (two passes).
+        """
+        k = min(k, len(self.codes))
+        if k == 0:
             return _NO_KEYS
-        distances, _ = faiss.knn_hamming(query.reshape(1, -1), self.codes, min(k, len(self.codes)))
+        one = query.reshape(1, -1)
+        if k <= SCAN_COUNTING_MAX_K:
+            distances, rows = faiss.knn_hamming(one, self.codes, k, variant="mc")
+            return (distances[0].astype(np.int64) << 32) | rows[0]
+        distances, _ = faiss.knn_hamming(one, self.codes, k)
         return self.ball(query, int(distances[0, -1]))[:k]
+
+    @staticmethod
+    def passes(k: int) -> int:
+        """Sweeps through the codes a k-NN scan makes."""
+        return 1 if k <= SCAN_COUNTING_MAX_K else 2
 
 
 # ---- cost model ---------------------------------------------------------------------------------
@@ -650,8 +668,8 @@ class _ProbeCosts:
     def measure(cls, tables: _MultiIndexTables, codes: np.ndarray) -> _ProbeCosts:
         """Time the k-NN kernel itself on this index's tables, with doctored bucket offsets: all
         buckets empty (it then lists every bucket, radius 0 to nbits), then one bucket stretched
-        over up to 2**17 positions around the query's own (one round of candidates); and FAISS's
-        scan on up to 2**22 of the codes. The fastest of a few repeats of each (a shared machine
+        over up to 2**17 positions around the query's own (one round of candidates); and the
+        one-pass k-NN scan on up to 2**22 of the codes. The fastest of a few repeats of each (a shared machine
         only ever slows them down). About 10 ms at 10 million codes."""
         kernels = _kernels()
 
@@ -671,13 +689,12 @@ class _ProbeCosts:
         seconds, work = _timed_knn(tables, stretched, query)
         per_candidate = max(seconds - per_round * work[0] - per_bucket * work[1], 0.0) / max(work[2], 1)
 
-        sample = codes[: min(n, 1 << 22)]
-        small = sample[: min(len(sample), 256)]
-        one = query.reshape(1, -1)
-        scan_small = _fastest(lambda: faiss.knn_hamming(one, small, min(10, len(small))))
-        scan_large = _fastest(lambda: faiss.knn_hamming(one, sample, min(10, len(sample))))
-        scan_per_code = max(scan_large - scan_small, 0.0) / max(len(sample) - len(small), 1)
-        scan_per_call = max(scan_small - scan_per_code * len(small), 0.0)
+        sample = _FlatScanner(codes[: min(n, 1 << 22)])
+        small = _FlatScanner(codes[: min(n, 256)])
+        scan_small = _fastest(lambda: small.knn(query, 10))
+        scan_large = _fastest(lambda: sample.knn(query, 10))
+        scan_per_code = max(scan_large - scan_small, 0.0) / max(len(sample.codes) - len(small.codes), 1)
+        scan_per_call = max(scan_small - scan_per_code * len(small.codes), 0.0)
         return cls(
             probe=np.array([per_round, per_bucket, per_candidate], dtype=np.float64) * 1e9,
             scan_per_call=scan_per_call * 1e9,
