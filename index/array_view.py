@@ -12,12 +12,16 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from hashae.codes import check_codes
 from hashae.errors import HashaeError
 from hashae.index.backends.base import Hit, ItemInfo, ModelPair, ModelRecord, Results, UnknownItemError
 from hashae.index.settings import StoreSettings
+
+
+COUNTING_MAX_K = 4096  # FAISS's counting k-NN holds (bits + 1) * k ids: past this, two passes
 
 
 class ArrayView:
@@ -95,11 +99,16 @@ class ArrayView:
 
     def search_hamming(self, codes: np.ndarray, *, k: int) -> Results:
         codes = check_codes(codes, nbits=self._settings.bits)
-        if not self.n_items or not len(codes):
+        k = min(k, self.n_items)
+        if k == 0:
             return [[] for _ in codes]
-        distances, _ = self._scanner.search(codes, min(k, self.n_items))
-        kth = distances[:, -1].astype(np.int64)  # every item within it, so ties at the k-th go by id
-        return [self._ball(code[None], int(radius))[:k] for code, radius in zip(codes, kth)]
+        if k > COUNTING_MAX_K:  # the k-th distance by a heap k-NN, then every item within it
+            distances, _ = self._scanner.search(codes, k)
+            return [self._ball(code[None], int(radius))[:k] for code, radius in zip(codes, distances[:, -1])]
+        # FAISS's counting k-NN reads rows in order and keeps the first k of each distance: ties
+        # come out by smallest row, and rows ascend with ids
+        distances, rows = faiss.knn_hamming(codes, self._codes, k, variant="mc")
+        return [[Hit(int(i), int(d)) for i, d in zip(self._ids[r].tolist(), d_row.tolist())] for d_row, r in zip(distances, rows)]
 
     def range_hamming(self, codes: np.ndarray, *, radius: int) -> Results:
         codes = check_codes(codes, nbits=self._settings.bits)
@@ -138,9 +147,7 @@ class ArrayView:
         return np.where(known, rows, -1)
 
 
-def _binary_flat(codes: np.ndarray):
-    import faiss
-
+def _binary_flat(codes: np.ndarray) -> faiss.IndexBinaryFlat:
     index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
     if len(codes):
         index.add(codes)
