@@ -6,7 +6,7 @@ import re
 
 import typer
 
-from hashae.cli import bench, datasets, generate, index_cmd, info, query, train
+from hashae.cli import bench, datasets, duplicates, generate, index_cmd, info, query, train
 from hashae.cli import inspect as inspect_cmd
 from hashae.cli import serve
 
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.add_typer(datasets.app, name="datasets")
 index_cmd.register(app)
 query.register(app)
+duplicates.register(app)
 info.register(app)
 train.register(app)
 generate.register(app)

@@ -1,0 +1,279 @@
+"""Near-duplicate groups (index/duplicates.py, `hashae duplicates`) against brute force, and the
+near-duplicate bench's pieces (index/copies.py, index/bench_duplicates.py).
+
+The store is real: a folder the test draws (base images, their exact copies, JPEG re-encodes and
+1-2 px shifts, unrelated images), indexed once with 1 training epoch. The groups must equal what
+all pairs within the threshold, plus content-hash groups, give under the same anchored rule.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+
+import conftest
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from hashae.cli.main import app
+from hashae.index.backends import open_store
+from hashae.index.bench_duplicates import (
+    IMPOSTORS_KEPT,
+    DuplicatesBenchOptions,
+    Scorer,
+    calibrate,
+    hamming_matrix,
+    markdown,
+    run_duplicates_bench,
+)
+from hashae.index.copies import TRANSFORMS, make_copies
+from hashae.index.duplicates import (
+    DuplicatesError,
+    Threshold,
+    default_threshold,
+    duplicates_document,
+    find_duplicate_groups,
+)
+
+N_BASES, N_OTHERS = 6, 30
+EPOCH = 1_700_000_000  # file times: bases oldest, unrelated images next, copies newest
+
+
+def shifted(img: Image.Image, dx: int, dy: int) -> Image.Image:
+    moved = Image.new(img.mode, img.size, 0)
+    moved.paste(img, (dx, dy))
+    return moved
+
+
+def make_folder(folder) -> dict[str, list[str]]:
+    """Bases, unrelated drawings and altered copies of the bases; returns {base: its copies}."""
+    bases = conftest.draw_images(folder / "bases", N_BASES, seed=7, classes=False, prefix="base")
+    others = conftest.draw_images(folder / "others", N_OTHERS, seed=8, classes=False, prefix="other")
+    (folder / "copies").mkdir()
+    copies = {}
+    for i, base in enumerate(bases):
+        img = Image.open(folder / "bases" / base)
+        names = [f"copies/{i}_exact.png", f"copies/{i}_q85.jpg", f"copies/{i}_shift1.png", f"copies/{i}_shift2.png"]
+        shutil.copyfile(folder / "bases" / base, folder / names[0])
+        img.save(folder / names[1], "JPEG", quality=85)
+        shifted(img, 1, 0).save(folder / names[2])
+        shifted(img, 0, 2).save(folder / names[3])
+        copies[f"bases/{base}"] = names
+    for age, names in ((0, [f"bases/{b}" for b in bases]), (100, [f"others/{o}" for o in others]), (200, [n for c in copies.values() for n in c])):
+        for j, name in enumerate(names):
+            os.utime(folder / name, (EPOCH + age + j, EPOCH + age + j))
+    return copies
+
+
+@pytest.fixture(scope="module")
+def duplicates_store(tmp_path_factory):
+    """(folder, store, {base path: copy paths}), indexed once with 1 training epoch."""
+    base = tmp_path_factory.mktemp("duplicates")
+    folder, store = base / "images", base / "store"
+    copies = make_folder(folder)
+    conftest.index_quietly(store, folder)
+    return folder, store, copies
+
+
+@pytest.fixture
+def view(duplicates_store):
+    with open_store(duplicates_store[1]) as opened:
+        yield opened.snapshot()
+
+
+# ----------------------------------------------------------------------------------- brute force
+def brute_force_groups(view, threshold: Threshold) -> list[tuple[int, dict[int, tuple[int, float]]]]:
+    """The anchored rule on all pairs: [(anchor id, {member id: (hamming, latent) to the anchor})].
+    The anchor's exact copies are at (0, 0.0): their stored vectors can differ in the last float
+    bits (the encoder's matrix products depend on an item's place in its batch)."""
+    ids = view.item_ids()
+    infos = view.items(ids.tolist())
+    bits = np.unpackbits(view.codes_of(ids), axis=1)
+    hamming = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    latents = view.latents_of(ids)
+    latent = ((latents[:, None, :] - latents[None, :, :]) ** 2).sum(-1, dtype=np.float32)
+    near = hamming <= threshold.radius
+    if threshold.latent_max is not None:
+        near &= latent <= threshold.latent_max
+    digests = np.array([infos[i].content_hash for i in ids.tolist()])
+    same = digests[:, None] == digests[None, :]
+    grouped, groups = np.zeros(len(ids), bool), []
+    for a in sorted(range(len(ids)), key=lambda i: (infos[int(ids[i])].mtime_ns, ids[i])):
+        if grouped[a]:
+            continue
+        members = np.flatnonzero(~grouped & (near[a] | same[a]))
+        members = np.flatnonzero(~grouped & same[members].any(axis=0))  # whole content-hash units
+        grouped[members] = True
+        if len(members) > 1:
+            distances = {int(ids[m]): (0, 0.0) if same[a, m] else (int(hamming[a, m]), float(latent[a, m])) for m in members}
+            groups.append((int(ids[a]), distances))
+    return groups
+
+
+def as_comparable(groups) -> list[tuple[int, dict[int, tuple[int, float]]]]:
+    return [(g.anchor.id, {m.id: (m.hamming, m.latent) for m in g.members}) for g in groups]
+
+
+def between_distances(view, quantile: float) -> float:
+    """A latent limit halfway between two distinct pairwise distances (no pair sits on it)."""
+    latents = view.latents_of(view.item_ids())
+    distances = np.unique(((latents[:, None, :] - latents[None, :, :]) ** 2).sum(-1, dtype=np.float32))
+    i = int(quantile * (len(distances) - 2))
+    return float((distances[i] + distances[i + 1]) / 2)
+
+
+def assert_same_groups(found, expected) -> None:
+    found = as_comparable(found)
+    assert [(anchor, set(members)) for anchor, members in found] == [(anchor, set(members)) for anchor, members in expected]
+    for (_, got), (_, want) in zip(found, expected):
+        for item, (hamming, latent) in want.items():
+            assert got[item][0] == hamming
+            assert got[item][1] == pytest.approx(latent, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("radius, latent_quantile", [(0, None), (2, 0.02), (4, None), (6, 0.1), (12, 0.3), (32, None)])
+def test_groups_equal_the_anchored_rule_on_all_pairs(view, radius, latent_quantile):
+    threshold = Threshold(radius, None if latent_quantile is None else between_distances(view, latent_quantile))
+    expected = brute_force_groups(view, threshold)
+    assert_same_groups(find_duplicate_groups(view, threshold=threshold), expected)
+
+
+def test_default_threshold_equals_brute_force_and_finds_the_exact_copies(view, duplicates_store):
+    _, _, copies = duplicates_store
+    found = find_duplicate_groups(view)
+    assert_same_groups(found, brute_force_groups(view, default_threshold(view.settings.bits)))
+    by_path = {m.path: (g.anchor.path, m) for g in found for m in g.members}
+    for base, names in copies.items():
+        anchor, member = by_path[names[0]]
+        assert anchor == base and member.exact and (member.hamming, member.latent) == (0, 0.0)
+
+
+def test_exact_copies_are_grouped_even_at_a_zero_threshold(view, duplicates_store):
+    _, _, copies = duplicates_store
+    groups = find_duplicate_groups(view, threshold=Threshold(0, 0.0))
+    assert {(g.anchor.path, frozenset(m.path for m in g.members)) for g in groups} == {
+        (base, frozenset({base, names[0]})) for base, names in copies.items()
+    }
+
+
+def test_every_member_is_within_the_threshold_of_its_anchor_and_in_one_group(view):
+    threshold = Threshold(8, None)
+    groups = find_duplicate_groups(view, threshold=threshold)
+    ids = [m.id for g in groups for m in g.members]
+    assert len(ids) == len(set(ids))
+    assert all(m.hamming <= 8 for g in groups for m in g.members)
+    # a whole-code threshold puts everything in one group, anchored on the oldest file
+    (everything,) = find_duplicate_groups(view, threshold=Threshold(view.settings.bits, None))
+    assert len(everything) == view.n_items and everything.anchor.path.startswith("bases/base_0000")
+
+
+def test_bad_thresholds_are_refused(view):
+    for threshold in (Threshold(-1, None), Threshold(view.settings.bits + 1, None), Threshold(2, -0.5), Threshold(True, None)):
+        with pytest.raises(DuplicatesError):
+            find_duplicate_groups(view, threshold=threshold)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["duplicates", *args], catch_exceptions=False)
+
+
+def test_cli_json_is_the_document_of_the_python_api(view, duplicates_store):
+    store = duplicates_store[1]
+    result = invoke("--store", str(store), "--json", "--threshold", "4", "--latent-max", "0.5")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document.pop("seconds") >= 0
+    assert document == duplicates_document(view, threshold=Threshold(4, 0.5))
+    assert document["threshold"] == {"radius": 4, "latent_max": 0.5}
+    assert all({"id", "path", "hamming", "latent", "exact"} == set(m) for g in document["groups"] for m in g["members"])
+
+
+def test_cli_table_lists_each_grouped_item(view, duplicates_store):
+    _, store, copies = duplicates_store
+    result = invoke("--store", str(store))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    default = default_threshold(view.settings.bits)
+    assert lines[0].startswith(f"{len(find_duplicate_groups(view))} groups of near-duplicates")
+    assert f"Hamming <= {default.radius}, latent <= {default.latent_max:g}" in lines[0]
+    for base, names in copies.items():
+        assert any(line.split()[-2:] == ["anchor", base] for line in lines), base
+        assert any(line.split()[-2:] == ["exact", names[0]] for line in lines), names[0]
+    codes_only = invoke("--store", str(store), "--codes-only", "-t", "0")
+    assert "Hamming <= 0, codes only" in codes_only.output.splitlines()[0]
+
+
+def test_cli_refuses_bad_arguments_in_one_line(tmp_path, duplicates_store):
+    store = duplicates_store[1]
+    assert invoke("--store", str(store), "--codes-only", "--latent-max", "0.1").exit_code == 2
+    too_far = invoke("--store", str(store), "--threshold", "99")
+    assert too_far.exit_code == 1 and too_far.output.strip().count("\n") == 0 and "between 0 and 32" in too_far.output
+    missing = invoke("--store", str(tmp_path / "nowhere"))
+    assert missing.exit_code == 1 and missing.output.startswith("error:")
+
+
+# --------------------------------------------------------------------------------- bench pieces
+def test_transforms_give_decodable_files_of_the_expected_sizes():
+    img = Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 251).astype(np.uint8), "L")
+    sizes = {}
+    for name in TRANSFORMS:
+        (data,) = make_copies([img], name, seed=0)
+        assert make_copies([img], name, seed=0) == [data]  # seeded
+        sizes[name] = Image.open(io.BytesIO(data)).size
+    assert sizes["resize x0.5"] == (14, 14) and sizes["crop 10%"] == (25, 25) and sizes["pad 10%"] == (31, 31)
+    assert all(size == (28, 28) for name, size in sizes.items() if name not in ("resize x0.5", "crop 10%", "pad 10%"))
+
+
+def test_scorer_counts_ties_against_and_calibrate_matches_brute_force():
+    rng = np.random.default_rng(0)
+    n_queries, n_db = 40, 300
+    distances = rng.integers(0, 12, (n_queries, n_db)).astype(np.float64)
+    truth = [np.array([q]) for q in range(n_queries)]
+    distances[np.arange(n_queries), np.arange(n_queries)] = rng.integers(0, 4, n_queries)
+    scorer = Scorer(n_queries)
+    scorer.add(slice(0, n_queries), distances.copy(), truth)
+    queries = np.arange(n_queries)
+    own = distances[queries, queries]
+    wrong = distances.copy()
+    wrong[queries, queries] = np.inf
+    assert scorer.recall_at(1, queries) == np.mean([(wrong[q] <= own[q]).sum() == 0 for q in queries])
+    assert scorer.recall_at(10, queries) == np.mean([(wrong[q] <= own[q]).sum() < 10 for q in queries])
+    for target in (0.5, 0.2, 0.01):
+        threshold = calibrate(scorer, queries, target=target)
+        best = None
+        for value in np.unique(distances):
+            true_pairs, false_pairs = (own <= value).sum(), (wrong <= value).sum()
+            exact = (np.sort(wrong, axis=1)[:, IMPOSTORS_KEPT - 1] > value).all()
+            if true_pairs and exact and true_pairs / (true_pairs + false_pairs) >= target:
+                best = value
+        assert threshold.value == best
+        if best is not None:
+            assert threshold.recall == pytest.approx((own <= best).mean())
+
+
+def test_hamming_matrix_counts_differing_bits():
+    rng = np.random.default_rng(1)
+    for nbytes in (4, 8, 32):
+        a, b = rng.integers(0, 256, (5, nbytes), dtype=np.uint8), rng.integers(0, 256, (7, nbytes), dtype=np.uint8)
+        expected = (np.unpackbits(a, axis=1)[:, None, :] != np.unpackbits(b, axis=1)[None, :, :]).sum(-1)
+        assert (hamming_matrix(a, b) == expected).all()
+
+
+def test_bench_runs_on_a_small_database_with_the_stores_models(duplicates_store):
+    if not conftest.FASHION_TRAIN_IMAGES.is_file():
+        pytest.skip("Fashion-MNIST not installed; run `make data`")
+    methods = ("pixels", "codes", "hamming", "latent", "hybrid")
+    options = DuplicatesBenchOptions(originals=4, db_limit=150, store=duplicates_store[1], methods=methods, transforms=("identity", "jpeg q50", "shift 2px"))
+    result = run_duplicates_bench(options)
+    assert len(result.rows) == len(methods) * 3 and set(result.methods) == set(methods)
+    identity = {r["method"]: r for r in result.rows if r["transform"] == "identity"}
+    for method in ("pixels", "hamming", "latent", "hybrid"):  # a copy's own file: found first
+        assert identity[method]["recall_at_1"] == 1.0, method
+    assert all(0 <= r[m] <= 1 for r in result.rows for m in ("recall_at_1", "recall_at_10", "recall_at_threshold"))
+    text = markdown(result)
+    assert "### recall@1" in text and "| shift 2px |" in text and "issue 13 goals" in text
