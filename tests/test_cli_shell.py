@@ -126,6 +126,12 @@ def test_train_under_a_runner_prints_plain_progress_to_stderr(tmp_path):
     assert quiet.stderr == ""
 
 
+def test_datasets_export_reports_plain_progress(tmp_path):
+    result = ok("datasets", "export", "fashion-mnist", tmp_path / "images", "--split", "test", "--limit", 5)
+    assert len(list((tmp_path / "images").rglob("*.png"))) == 5
+    assert "5/5 (100%)" in result.stderr.splitlines()[-1] and "exported 5" in result.stdout
+
+
 # ------------------------------------------------------------------------- the product's defaults
 def test_train_gets_what_make_config_and_fit_default_give(tmp_path):
     """`hashae train --variant hashing` == the store's model (trained through fit_default) ==
