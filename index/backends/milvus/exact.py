@@ -8,9 +8,9 @@ k-NN   search with a few more than k; a query is complete when fewer hits came b
        the k-th distance is in hand and sorting by (distance, id) gives the answer. Otherwise ask
        again with 4x the limit; past MAX_TOPK, the items at the k-th distance are read as a range
        search of exactly that distance, window by window of ids (smallest ids first).
-range  one range search (low <= distance < radius + 1) limited to MAX_TOPK; a query that fills it
-       is read again window by window of ids, a window split in two while it fills the limit (a
-       window of at most MAX_TOPK ids never does).
+range  one range search (0 <= distance < radius + 1) limited to RANGE_FIRST_LIMIT hits; a query
+       that fills it is read again window by window of ids, MAX_TOPK hits per call, a window split
+       in two while it fills that (a window of at most MAX_TOPK ids never does).
 
 Both read only the rows of `where` (a generation's filter), so they answer for one generation.
 """

@@ -177,9 +177,10 @@ class MilvusStore:
                     yield MilvusWriteTransaction(self, catalogue)
                 finally:
                     blank = catalogue.is_blank()
+                    made_collections = [record.name for record in catalogue.collections()] if blank else []
                     catalogue.close()
                     if blank:
-                        self._remove_blank_store()
+                        self._remove_blank_store(made_collections)
         finally:
             if blank:
                 for folder in reversed(made):
@@ -248,9 +249,16 @@ class MilvusStore:
             raise StoreError(f"the store at {self.root} is empty (no committed index yet) — run `hashae index FOLDER`")
         return generation
 
-    def _remove_blank_store(self) -> None:
-        """Take back the files of a store that holds nothing (the lock is still held)."""
+    def _remove_blank_store(self, collections: list[str]) -> None:
+        """Take back the files (and collections) of a store that holds nothing (the lock is still held)."""
         uri = self.uri
+        for name in collections:  # made by a set_settings that failed before recording the settings
+            try:
+                collection = self.collection_named(name)
+                if collection.exists():
+                    collection.drop()
+            except StoreError:
+                pass  # the server is unreachable: an empty collection stays behind
         self.close()
         for suffix in ("", "-wal", "-shm"):
             (self.root / f"{CATALOGUE_FILE}{suffix}").unlink(missing_ok=True)

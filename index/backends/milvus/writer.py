@@ -33,6 +33,7 @@ from hashae.index.backends.milvus.collection import (
     ItemsCollection,
     visible_at,
 )
+from hashae.index.backends.milvus.connection import is_lite_uri
 from hashae.index.backends.milvus.names import text_from_db, text_to_db
 from hashae.index.settings import StoreSettings
 
@@ -140,11 +141,13 @@ class MilvusWriteTransaction:
         the old one must all be removed before the commit (re-encode every item)."""
         if not isinstance(settings, StoreSettings):
             raise TypeError(f"set_settings takes a StoreSettings, got {type(settings).__name__}")
-        if settings.backend != "milvus" or settings.backend_uri != self.catalogue.uri:
+        recorded = self.catalogue.uri
+        if settings.backend != "milvus" or not self._names_this_store(settings.backend_uri):
             raise StoreError(
                 f"the store at {self.store.root} keeps its vectors in Milvus at {self.store.uri}; its settings "
-                f"need backend='milvus', backend_uri={self.catalogue.uri!r} (got {settings.backend!r}, {settings.backend_uri!r})"
+                f"need backend='milvus', backend_uri={recorded!r} (got {settings.backend!r}, {settings.backend_uri!r})"
             )
+        settings = settings.with_changes(backend_uri=recorded)  # one spelling: as recorded at creation
         working = self.catalogue.working_collection()
         if working is None or (working.bits, working.latent_dim) != (settings.bits, settings.latent_dim):
             name = f"{COLLECTION_PREFIX}{uuid.uuid4().hex}"
@@ -191,6 +194,13 @@ class MilvusWriteTransaction:
 
     def _open_collection(self, record: CollectionRecord) -> None:
         self.collection = self.store.make_collection(record)
+
+    def _names_this_store(self, uri: str | None) -> bool:
+        """True when uri is where this store's items live: the recorded URI, or the same Lite file
+        spelt otherwise (relative, or the store's own milvus.db for a store recorded without one)."""
+        if uri == self.catalogue.uri:
+            return True
+        return uri is not None and is_lite_uri(uri) and Path(uri).resolve() == Path(self.store.uri).resolve()
 
     def _live_collections(self) -> list[ItemsCollection]:
         """The collections that may hold live rows: the working one and the last generation's."""
