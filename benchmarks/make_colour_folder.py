@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hashae.data import FASHION_MNIST_FOLDERS, load_fashion_mnist
+from hashae.datasets import FASHION_MNIST_FOLDERS, load_fashion_mnist
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import torch
 from hashae import neighbours, recipes
 from hashae.trainer import train_config_for
 from hashae.codes import pack_bits
-from hashae.data import load_idx_dataset
+from hashae.datasets import load_idx_dataset
 from hashae.metrics import evaluate_binary, exact_neighbours
 from hashae.variants import HashingConfig, make_config
 

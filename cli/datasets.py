@@ -23,14 +23,13 @@ def export(
     quiet: bool = QuietOption,
 ) -> None:
     """Write a built-in data set as PNG files in one subfolder per class."""
-    from hashae.data import export_fashion_mnist
-    from hashae.progress import progress_bar
+    from hashae.cli.progress import reporter
+    from hashae.datasets import export_fashion_mnist
 
     if name not in KNOWN:
         raise fail(f"unknown data set {name!r}; known: {', '.join(KNOWN)}")
     if split not in ("train", "test"):
         raise fail(f"unknown split {split!r}; use train or test")
-    total = limit or (60000 if split == "train" else 10000)
-    with progress_bar("exporting", total=total, enabled=not quiet) as bar:
-        count = export_fashion_mnist(out_dir, split=split, limit=limit, progress=lambda n: bar.advance(n=n))
+    with reporter(quiet) as report:
+        count = export_fashion_mnist(out_dir, split=split, limit=limit, report=report)
     typer.echo(f"exported {count} {name} {split} images to {out_dir}")

@@ -34,7 +34,7 @@ def inspect(
     import torch
 
     from hashae import checkpoint
-    from hashae.data import load_source
+    from hashae.datasets import load_source
 
     if not out.parent.is_dir():
         raise fail(f"{out.parent}: no such folder for --out", 2)

@@ -94,7 +94,7 @@ def train(
     """
     from hashae import checkpoint
     from hashae.cli.progress import reporter
-    from hashae.data import load_source
+    from hashae.datasets import load_source
     from hashae.recipes import fit, with_epochs
     from hashae.trainer import train_config_for
     from hashae.variants import make_config

@@ -238,7 +238,7 @@ class _Data:
 
 
 def load_data(options: DuplicatesBenchOptions) -> _Data:
-    from hashae.data import load_fashion_mnist
+    from hashae.datasets import load_fashion_mnist
 
     x = load_fashion_mnist("train").x
     if options.db_limit:
@@ -281,7 +281,7 @@ def _baseline(method: str, data: _Data, result: DuplicatesBenchResult, report: R
     files = data.copy_files()
     started = time.perf_counter()
     if method == "pixels":
-        from hashae.data import decode_image
+        from hashae.decode import decode_image
 
         db = data.x.reshape(len(data.x), -1)
         queries = np.stack([decode_image(f, size=data.x.shape[-1], channels=1).reshape(-1) for f in files])
@@ -350,7 +350,7 @@ def _encode(encoders: _Encoders, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def _hashae(modes: list[str], encoders: _Encoders, data: _Data, result: DuplicatesBenchResult, report) -> None:
-    from hashae.data import decode_image
+    from hashae.decode import decode_image
     from hashae.index.array_view import ArrayView
     from hashae.index.search import search
 

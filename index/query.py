@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hashae.data import decode_image
+from hashae.decode import decode_image
 from hashae.errors import HashaeError
 from hashae.index.backends.base import Hit, ReadView, StoreBackend
 from hashae.index.search import DEFAULT_K, QUERY_MODES, TIE_ORDERS, QueryError, search, with_metadata

@@ -1,7 +1,7 @@
 """Shared fixtures: a small real Fashion-MNIST sample, and seeded helpers to build and train models.
 
 The sample is read straight from Debian's dataset files with gzip + numpy (no dependency on
-hashae.data), so the learning-core tests stay independent of the reader. Tests that need it are
+hashae.datasets), so the learning-core tests stay independent of the reader. Tests that need it are
 skipped cleanly when the files are absent (`make data` installs them).
 """
 
@@ -121,7 +121,7 @@ def draw_images(folder: Path, n: int, *, seed: int = 0, classes: bool = True, pr
 
 def write_library(folder: Path, n: int) -> None:
     """n Fashion-MNIST images in class subfolders (drawn shapes when the data set is not installed)."""
-    from hashae.data import export_fashion_mnist
+    from hashae.datasets import export_fashion_mnist
 
     if FASHION_TRAIN_IMAGES.is_file():
         export_fashion_mnist(folder, split="train", limit=n)
@@ -207,7 +207,7 @@ def store_state(store: Path) -> dict[str, tuple[int, bytes, str | None]]:
 
 def image_paths(folder: Path) -> set[str]:
     """Relative paths of the image files under folder (what the store should hold, bad ones aside)."""
-    from hashae.data import list_images
+    from hashae.folders import list_images
 
     return {image.relpath for image in list_images(folder)}
 

@@ -1,8 +1,10 @@
-"""The data layer: hardened image decoding, folders, IDX, Fashion-MNIST, .npy vectors, load_source."""
+"""The data layer: hardened image decoding (Pillow and the plain-PNG fast path), folders, the one
+reader of shards, IDX, Fashion-MNIST, .npy vectors, load_source."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import pickle
@@ -16,29 +18,28 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from hashae import data
-from hashae.data import (
+from hashae import datasets
+from hashae.datasets import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_FOLDERS,
     ArrayDataset,
-    ImageDecodeError,
-    decode_image,
-    detect_channels,
     export_fashion_mnist,
     idx_labels_path,
-    image_channels_of,
-    iter_image_batches,
-    list_images,
     load_fashion_mnist,
     load_idx_dataset,
+    load_image_folder,
     load_source,
     read_idx,
-    read_image_folder,
     read_npy,
 )
+from hashae.decode import ImageDecodeError, decode_image, image_channels_of
 from hashae.errors import ConfigError, DataError
+from hashae.events import Event
+from hashae.folders import ImageFile as FolderImage
+from hashae.folders import detect_channels, list_images
+from hashae.reader import make_shards, read_shard
 
-FASHION_MNIST_PRESENT = (data.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file()
+FASHION_MNIST_PRESENT = (datasets.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file()
 needs_fashion_mnist = pytest.mark.skipif(not FASHION_MNIST_PRESENT, reason="Fashion-MNIST not installed")
 
 DARK, LIGHT = 40, 210  # the two gray levels of the half-and-half test pattern
@@ -396,10 +397,11 @@ def test_list_images_not_a_folder(tmp_path):
         list_images(tmp_path / "absent")
 
 
-def test_read_image_folder_good_and_bad(tmp_path):
+def test_load_image_folder_good_and_bad(tmp_path):
     make_folder(tmp_path)
-    advanced = []
-    dataset, skipped = read_image_folder(tmp_path, size=8, channels=3, progress=advanced.append)
+    events: list[Event] = []
+    loaded = load_image_folder(tmp_path, size=8, channels=3, report=events.append)
+    dataset, skipped = loaded.dataset, loaded.skipped
     assert dataset.x.shape == (4, 3, 8, 8) and dataset.input_shape == (3, 8, 8)
     assert dataset.paths == ("cat/1.png", "cat/sub/2.JPG", "dog/3.webp", "top.bmp")
     assert dataset.class_names == ("cat", "dog")
@@ -408,30 +410,49 @@ def test_read_image_folder_good_and_bad(tmp_path):
         "dog/empty.png": "empty file",
         "dog/text.gif": "not an image",
     }
-    assert sum(advanced) == 6
+    assert [(e.kind, e.done) for e in events if e.kind in ("start", "end")] == [("start", 0), ("end", 6)]
     assert dataset.x[2].min() == pytest.approx(1.0)  # the white webp
 
 
-def test_read_image_folder_subset_and_no_labels(tmp_path):
+def test_load_image_folder_subset_and_no_labels(tmp_path):
     for i in range(3):
         save(Image.new("L", (8, 8), 80 * i), tmp_path / f"{i}.png")
-    dataset, skipped = read_image_folder(tmp_path, size=4, channels=1, files=list_images(tmp_path)[1:])
-    assert skipped == []
+    loaded = load_image_folder(tmp_path, size=4, channels=1, files=list_images(tmp_path)[1:])
+    dataset = loaded.dataset
+    assert loaded.skipped == []
     assert dataset.paths == ("1.png", "2.png")
     assert dataset.class_names == () and dataset.labels.tolist() == [-1, -1]
     np.testing.assert_allclose(dataset.x.mean(axis=(1, 2, 3)), [80 / 255, 160 / 255], atol=1e-6)
 
 
-def test_iter_image_batches(tmp_path):
+def test_load_image_folder_detects_channels_reading_each_file_once(tmp_path):
+    for i in range(5):
+        save(Image.new("L", (10, 10), 40 * i), tmp_path / "gray" / f"{i}.png")
+    loaded = load_image_folder(tmp_path / "gray", size=6)
+    assert loaded.channels == 1 and loaded.dataset.x.shape == (5, 1, 6, 6)
+    np.testing.assert_array_equal(loaded.dataset.x[3], decode_image(tmp_path / "gray" / "3.png", size=6, channels=1))
+    save(Image.new("RGB", (10, 10), (200, 0, 0)), tmp_path / "gray" / "red.png")
+    assert load_image_folder(tmp_path / "gray", size=6).channels == 3
+
+
+def test_read_shard_in_batches(tmp_path):
     make_folder(tmp_path)
     files = list_images(tmp_path)
-    batches = list(iter_image_batches(tmp_path, files, size=8, channels=1, batch_size=4))
+    (shard,) = make_shards(tmp_path, files, shard_size=100)
+    batches = list(read_shard(shard, size=8, channels=1, batch_size=4))
     assert len(batches) == 2
-    (good1, pixels1, bad1), (good2, pixels2, bad2) = batches
-    assert [f.relpath for f in good1] == ["cat/1.png", "cat/sub/2.JPG", "dog/3.webp"]
-    assert pixels1.shape == (3, 1, 8, 8) and [s.relpath for s in bad1] == ["dog/empty.png"]
-    assert [f.relpath for f in good2] == ["top.bmp"] and pixels2.shape == (1, 1, 8, 8)
-    assert [s.reason for s in bad2] == ["not an image"]
+    first, second = batches
+    assert [f.relpath for f in first.files] == ["cat/1.png", "cat/sub/2.JPG", "dog/3.webp"]
+    assert first.pixels.shape == (3, 1, 8, 8) and [s.relpath for s in first.skipped] == ["dog/empty.png"]
+    assert [f.relpath for f in second.files] == ["top.bmp"] and second.pixels.shape == (1, 1, 8, 8)
+    assert [s.reason for s in second.skipped] == ["not an image"]
+    assert [f.label for f in first.files] == ["cat", "cat", "dog"]
+    for batch in batches:
+        for record, pixels in zip(batch.files, batch.pixels):
+            path = tmp_path / record.relpath
+            assert (record.size, record.mtime_ns) == (path.stat().st_size, path.stat().st_mtime_ns)
+            assert record.content_hash == hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+            np.testing.assert_array_equal(pixels, decode_image(path, size=8, channels=1))
 
 
 def test_detect_channels(tmp_path):
@@ -692,4 +713,4 @@ def test_array_dataset_subset_and_validation():
 
 
 def test_image_file_is_a_value():
-    assert data.ImageFile("a/b.png", "a") == data.ImageFile("a/b.png", "a")
+    assert FolderImage("a/b.png", "a") == FolderImage("a/b.png", "a")

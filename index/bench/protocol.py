@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hashae.baselines import METHODS as BASELINES
-from hashae.data import ArrayDataset, load_fashion_mnist, load_source
+from hashae.datasets import ArrayDataset, load_fashion_mnist, load_source
 from hashae.errors import ConfigError, DataError
 
 VARIANTS = ("linear", "undercomplete", "sparse", "denoising", "contractive")

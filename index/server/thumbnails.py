@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from hashae.data import decode_image
+from hashae.decode import decode_image
 from hashae.errors import DataError
 from hashae.index.backends.base import ItemInfo
 from hashae.index.query import QueryEngine
