@@ -27,7 +27,7 @@ Methods: ImageHash pHash-64 and dHash-64, PDQ-256 (pip extra `bench`), raw pixel
 (--store: its checkpoints, encoded by the numpy InferenceEncoder) or trained here as `hashae index`
 trains them.
 
-Run: python -m hashae.index.bench_duplicates [--store S] [--markdown F.md] [--json F.json]
+Run: python -m hashae.index.bench_duplicates [--store S] [--hashing-model DIR] [--markdown F.md] [--json F.json]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import argparse
 import io
 import json
 import platform
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -52,6 +53,7 @@ from hashae.events import Reporter, message, task
 from hashae.index.copies import GEOMETRIC, PHOTOMETRIC, TRANSFORMS, make_copies
 
 TARGET_PRECISION = 0.999
+LOOSER_PRECISIONS = (0.99, 0.9)  # also reported: the recall a looser threshold would give
 IMPOSTORS_KEPT = 64  # nearest wrong items kept per query: far more than the 0.1% false pairs allowed
 SCORE_CHUNK = 256  # queries per (chunk, database) distance matrix
 BALL_RADII = range(0, 9)  # Hamming radii tried for the hybrid (ball + latent) threshold
@@ -70,12 +72,15 @@ class BenchDependencyError(HashaeError):
 
 @dataclass(frozen=True)
 class DuplicatesBenchOptions:
-    """What to run. store: use its models (else train them as `hashae index` does, at bits/latent_dim)."""
+    """What to run. hashae's models: hashing_model / latent_model (checkpoint folders) when given,
+    else the store's, else trained as `hashae index` trains them (at bits / latent_dim)."""
 
     originals: int = 1000
     transforms: tuple[str, ...] = tuple(TRANSFORMS)
     methods: tuple[str, ...] = ALL_METHODS
     store: Path | None = None
+    hashing_model: Path | None = None
+    latent_model: Path | None = None
     bits: int = 32
     latent_dim: int = 32
     epochs: int | None = None
@@ -318,27 +323,32 @@ class _Encoders:
 def _hashae_encoders(options: DuplicatesBenchOptions, data: _Data, folder: Path, report, result) -> _Encoders:
     from hashae.inference import InferenceEncoder
 
-    if options.store is not None:
-        from hashae.index.backends import open_store
+    folders = {"hashing": options.hashing_model, "latent": options.latent_model}
+    sources = {role: f"checkpoint {path}" for role, path in folders.items() if path is not None}
+    if options.store is not None and None in folders.values():
+        for role, path in _store_model_dirs(options.store).items():
+            if folders[role] is None:
+                folders[role], sources[role] = path, f"store {options.store}"
+    for role, kind, size in (("hashing", "hashing", options.bits), ("latent", "vae", options.latent_dim)):
+        if folders[role] is None:
+            from hashae.index.bench.encoders import train_encoder
 
-        with open_store(options.store) as store:
-            view = store.snapshot()
-            models = view.models()
-            if models is None:
-                raise ConfigError(f"{options.store}: the store has no models yet; run `hashae index FOLDER --store {options.store}`")
-            dirs = view.model_dir(models.hashing), view.model_dir(models.latent)
-        encoders = _Encoders(InferenceEncoder.load(dirs[0]), InferenceEncoder.load(dirs[1]), f"store {options.store}")
-    else:
-        from hashae.index.bench.encoders import train_encoder
+            trained = train_encoder(kind, data.x, code_size=size, folder=folder, epochs=options.epochs, quality=options.quality, seed=options.seed, report=report)
+            folders[role], sources[role] = trained.folder, "trained as `hashae index` trains (fit_default)"
+            result.info.setdefault("train_s", {})[role] = round(trained.train_s, 1)
+    result.info["hashae_models"] = sources
+    return _Encoders(InferenceEncoder.load(folders["hashing"]), InferenceEncoder.load(folders["latent"]), str(sources))
 
-        trained = [
-            train_encoder(kind, data.x, code_size=size, folder=folder, epochs=options.epochs, quality=options.quality, seed=options.seed, report=report)
-            for kind, size in (("hashing", options.bits), ("vae", options.latent_dim))
-        ]
-        encoders = _Encoders(trained[0].encoder, trained[1].encoder, "trained as `hashae index` trains (fit_default)")
-        result.info["train_s"] = {"hashing": round(trained[0].train_s, 1), "vae": round(trained[1].train_s, 1)}
-    result.info["hashae_models"] = encoders.source
-    return encoders
+
+def _store_model_dirs(store: Path) -> dict[str, Path]:
+    from hashae.index.backends import open_store
+
+    with open_store(store) as opened:
+        view = opened.snapshot()
+        models = view.models()
+        if models is None:
+            raise ConfigError(f"{store}: the store has no models yet; run `hashae index FOLDER --store {store}`")
+        return {"hashing": view.model_dir(models.hashing), "latent": view.model_dir(models.latent)}
 
 
 def _encode(encoders: _Encoders, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -415,7 +425,12 @@ def _product_ranks(mode, view, q_codes, q_latents, data: _Data, search, report) 
 def _add_method(result, method, *, bits, threshold: Threshold, scorer: Scorer, data: _Data, ranks, encode_us, **extra) -> None:
     result.methods[method] = {
         "bits": bits, "threshold": threshold.value, "precision_at_threshold": threshold.precision,
-        "recall_at_threshold": threshold.recall, "query_encode_us": round(encode_us, 1), **extra,
+        "recall_at_threshold": threshold.recall, "query_encode_us": round(encode_us, 1),
+        "looser": {  # what a lower precision would buy (the same calibration at other targets)
+            str(target): {"threshold": t.value, "recall": t.recall}
+            for target, t in ((target, calibrate(scorer, data.calibration_queries(), target=target)) for target in LOOSER_PRECISIONS)
+        },
+        **extra,
     }
     for transform in data.transforms:
         at_1, at_10 = ranks[transform]
@@ -443,19 +458,27 @@ def markdown(result: DuplicatesBenchResult) -> str:
     and which of issue 13's goals each hashae mode meets."""
     methods = list(result.methods)
     cell = {(r["method"], r["transform"]): r for r in result.rows}
-    lines = []
+    info = result.info
+    lines = [
+        f"Database: {info['database']} Fashion-MNIST train images; {info['originals']} of them altered by each "
+        f"transform ({info['queries']} queries); hashae models: {info.get('hashae_models', '-')}; {info['seconds']:.0f} s on {info['machine']}.",
+        "",
+    ]
+    if info.get("command"):
+        lines[1:1] = ["", f"Command: `{info['command']}`"]
     for metric, title in (("recall_at_1", "recall@1"), ("recall_at_10", "recall@10"), ("recall_at_threshold", "recall at the precision >= 99.9% threshold")):
         lines += [f"### {title}", "", "| transform | " + " | ".join(_title(result, m) for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
         for transform in result.info["transforms"]:
             lines.append(f"| {transform} | " + " | ".join(f"{cell[m, transform][metric]:.3f}" for m in methods) + " |")
         lines.append("")
     lines += ["### thresholds (precision >= 99.9% over the copies of every transform but identity)", "",
-              "| method | bits | threshold | precision | recall | query encode (us) |", "|---|---|---|---|---|---|"]
+              "| method | bits | threshold | precision | recall | recall at precision 99% / 90% | query encode (us) |", "|---|---|---|---|---|---|---|"]
     for m, info in result.methods.items():
         value = "none" if info["threshold"] is None else f"{info['threshold']:g}"
         if m == "hybrid" and info["threshold"] is not None:
             value = f"Hamming <= {info['hamming_radius']} and latent <= {info['threshold']:.4g}"
-        lines.append(f"| {_title(result, m)} | {info['bits']} | {value} | {info['precision_at_threshold']:.4f} | {info['recall_at_threshold']:.3f} | {info['query_encode_us']} |")
+        looser = " / ".join(f"{info['looser'][str(p)]['recall']:.3f}" for p in LOOSER_PRECISIONS) if "looser" in info else "-"
+        lines.append(f"| {_title(result, m)} | {info['bits']} | {value} | {info['precision_at_threshold']:.4f} | {info['recall_at_threshold']:.3f} | {looser} | {info['query_encode_us']} |")
     lines += ["", *goal_lines(result)]
     return "\n".join(lines) + "\n"
 
@@ -495,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """python -m hashae.index.bench_duplicates: run the bench, print the tables, write the files."""
     parser = argparse.ArgumentParser(prog="python -m hashae.index.bench_duplicates", description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", type=Path, help="Use this store's models (default: train them as `hashae index` does).")
+    parser.add_argument("--hashing-model", type=Path, help="A hashing model's checkpoint folder (instead of the store's).")
+    parser.add_argument("--latent-model", type=Path, help="A VAE's checkpoint folder (instead of the store's).")
     parser.add_argument("--bits", type=int, default=32, help="Code length when training (default 32).")
     parser.add_argument("--originals", type=int, default=1000, help="Database images to alter (default 1000).")
     parser.add_argument("--methods", help=f"Comma-separated subset of {','.join(ALL_METHODS)}.")
@@ -508,18 +533,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     from hashae.cli.progress import reporter
 
     options = DuplicatesBenchOptions(
-        store=args.store, bits=args.bits, originals=args.originals, db_limit=args.db_limit, epochs=args.epochs,
+        store=args.store, hashing_model=args.hashing_model, latent_model=args.latent_model, bits=args.bits, originals=args.originals, db_limit=args.db_limit, epochs=args.epochs,
         methods=tuple(m.strip() for m in args.methods.split(",")) if args.methods else ALL_METHODS,
         transforms=tuple(t.strip() for t in args.transforms.split(",")) if args.transforms else tuple(TRANSFORMS),
     )
+    command = "python -m hashae.index.bench_duplicates " + " ".join(argv if argv is not None else sys.argv[1:])
     with reporter(args.quiet) as report:
-        result = run_duplicates_bench(options, report=report)
+        print(bench_task(options, markdown_path=args.markdown, json_path=args.json, report=report, command=command.strip()))
+
+
+def bench_task(
+    options: DuplicatesBenchOptions,
+    *,
+    markdown_path: Path | None = None,
+    json_path: Path | None = None,
+    report: Reporter | None = None,
+    command: str | None = None,
+) -> str:
+    """Run the bench, write its Markdown and JSON where asked, return the Markdown (what
+    `hashae bench --task duplicates` runs)."""
+    result = run_duplicates_bench(options, report=report)
+    if command:
+        result.info["command"] = command
     text = markdown(result)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps(result.as_dict(), indent=1) + "\n")
+    if markdown_path:
+        Path(markdown_path).write_text(text)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result.as_dict(), indent=1) + "\n")
+    return text
 
 
 if __name__ == "__main__":

@@ -25,10 +25,9 @@ from hashae.index.bench_duplicates import (
     IMPOSTORS_KEPT,
     DuplicatesBenchOptions,
     Scorer,
+    bench_task,
     calibrate,
     hamming_matrix,
-    markdown,
-    run_duplicates_bench,
 )
 from hashae.index.copies import TRANSFORMS, make_copies
 from hashae.index.duplicates import (
@@ -264,16 +263,17 @@ def test_hamming_matrix_counts_differing_bits():
         assert (hamming_matrix(a, b) == expected).all()
 
 
-def test_bench_runs_on_a_small_database_with_the_stores_models(duplicates_store):
+def test_bench_runs_on_a_small_database_with_the_stores_models(duplicates_store, tmp_path):
     if not conftest.FASHION_TRAIN_IMAGES.is_file():
         pytest.skip("Fashion-MNIST not installed; run `make data`")
     methods = ("pixels", "codes", "hamming", "latent", "hybrid")
     options = DuplicatesBenchOptions(originals=4, db_limit=150, store=duplicates_store[1], methods=methods, transforms=("identity", "jpeg q50", "shift 2px"))
-    result = run_duplicates_bench(options)
-    assert len(result.rows) == len(methods) * 3 and set(result.methods) == set(methods)
-    identity = {r["method"]: r for r in result.rows if r["transform"] == "identity"}
+    text = bench_task(options, markdown_path=tmp_path / "dup.md", json_path=tmp_path / "dup.json", command="the command")
+    result = json.loads((tmp_path / "dup.json").read_text())
+    assert len(result["rows"]) == len(methods) * 3 and set(result["methods"]) == set(methods)
+    identity = {r["method"]: r for r in result["rows"] if r["transform"] == "identity"}
     for method in ("pixels", "hamming", "latent", "hybrid"):  # a copy's own file: found first
         assert identity[method]["recall_at_1"] == 1.0, method
-    assert all(0 <= r[m] <= 1 for r in result.rows for m in ("recall_at_1", "recall_at_10", "recall_at_threshold"))
-    text = markdown(result)
-    assert "### recall@1" in text and "| shift 2px |" in text and "issue 13 goals" in text
+    assert all(0 <= r[m] <= 1 for r in result["rows"] for m in ("recall_at_1", "recall_at_10", "recall_at_threshold"))
+    assert (tmp_path / "dup.md").read_text() == text
+    assert "Command: `the command`" in text and "### recall@1" in text and "| shift 2px |" in text and "issue 13 goals" in text
