@@ -8,6 +8,8 @@ import typer
 
 from hashae.cli.common import JsonOption, QuietOption, StoreOption, handle_errors, print_json, store_path
 
+MIB = 1 << 20
+
 
 def register(app: typer.Typer) -> None:
     app.command("index")(index)
@@ -23,14 +25,20 @@ def index(
     color: bool = typer.Option(None, "--color/--grayscale", help="Colour or grayscale pixels (default: detected from the images).", show_default=False),
     epochs: int = typer.Option(None, "--epochs", help="Training epochs (default: scaled to the folder size).", min=1),
     quality: str = typer.Option("fast", "--quality", help="fast, or high (about 3x longer training)."),
-    retrain: bool = typer.Option(False, "--retrain", help="Train new models and re-encode everything."),
+    retrain: bool = typer.Option(False, "--retrain", help="Train new models and re-encode everything (whatever state the old models are in)."),
+    repoint: bool = typer.Option(False, "--repoint", help="Let this store index FOLDER although it was built from another folder; its items not found in FOLDER are removed."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="Training device: auto, cpu or cuda."),
+    executor: str = typer.Option("auto", "--executor", help="Who reads and encodes: sequential (this process), processes (one worker per core), or auto (processes from 4000 files to read)."),
+    workers: int = typer.Option(None, "--workers", help="Worker processes for --executor processes (default: one per core).", min=1, show_default=False),
+    batch_size: int = typer.Option(None, "--batch-size", help="Files per batch: one read + encode task and one catalogue transaction (default 1024).", min=1, show_default=False),
+    max_file_size: float = typer.Option(64, "--max-file-size", help="Files larger than this many MiB are skipped unread, with the reason recorded.", min=0.001),
     quiet: bool = QuietOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Index a folder of images: train the models if the store has none, then encode and store
     every new or changed image; deleted files are dropped, unreadable ones recorded with a reason."""
+    from hashae.cli.progress import reporter
     from hashae.index.pipeline import IndexOptions, index_folder
 
     options = IndexOptions(
@@ -43,9 +51,14 @@ def index(
         retrain=retrain,
         seed=seed,
         device=device,
-        show_progress=not quiet,
+        executor=executor,
+        workers=workers,
+        batch_size=batch_size,
+        max_file_size=max(1, int(max_file_size * MIB)),
+        repoint=repoint,
     )
-    summary = index_folder(store_path(store), folder, options)
+    with reporter(quiet) as report:
+        summary = index_folder(store_path(store), folder, options, report=report)
     if as_json:
         print_json(summary.as_dict())
     else:

@@ -149,3 +149,8 @@ def _unfilter_to_unit(raw, bpp, unit, out):  # pragma: no cover - compiled
                         + np.uint32(rows[y, 3 * x + 2]) * np.uint32(7471) + np.uint32(0x8000)) >> np.uint32(16)
                 out[0, y, x] = unit[luma]
     return True
+
+
+def warm_up() -> None:
+    """Load (or compile, the first time) the row-filter kernel now rather than on the first file."""
+    _unfilter_to_unit(np.zeros(2, dtype=np.uint8), 1, UNIT_VALUES, np.empty((1, 1, 1), dtype=np.float32))

@@ -84,15 +84,7 @@ def scan_folder(root: str | os.PathLike) -> Listing:
         raise DataError(f"not a folder: {root}")
     walk = _Walk(root)
     walk.seen_folders[(root_info.st_dev, root_info.st_ino)] = ""
-    pending: list[tuple[str, tuple[str, ...]]] = [(os.fspath(root), ())]
-    while pending:
-        folder, rel_parts = pending.pop()
-        entries = walk.list_folder(folder, rel_parts)
-        for entry in entries:
-            if not entry.name.startswith("."):
-                subfolder = walk.visit(entry, (*rel_parts, entry.name))
-                if subfolder is not None:
-                    pending.append(subfolder)
+    walk.walk(os.fspath(root))
     return Listing(
         root=root,
         files=sorted(walk.files, key=lambda image: image.relpath),
@@ -116,6 +108,31 @@ class _Walk:
         self.unlisted: list[str] = []
         self.seen_folders: dict[tuple[int, int], str] = {}  # (device, inode) -> relative path
 
+    def walk(self, top: str) -> None:
+        """Walk every folder under top: real folders first, in path order, then folders reached
+        through symbolic links, so that a link to a folder inside the root never claims it first."""
+        real: list[tuple[str, tuple[str, ...]]] = [(top, ())]
+        linked: list[tuple[str, tuple[str, ...], tuple[int, int]]] = []
+        while real or linked:
+            if real:
+                folder, rel_parts = real.pop()
+            else:
+                folder, rel_parts, identity = linked.pop(0)
+                if not self._claim(identity, rel_parts):
+                    continue
+            subfolders = []
+            for entry in self.list_folder(folder, rel_parts):
+                if entry.name.startswith("."):
+                    continue
+                found = self.visit(entry, (*rel_parts, entry.name))
+                if found is None:
+                    continue
+                if entry.is_symlink():
+                    linked.append(found)
+                elif self._claim(found[2], found[1]):
+                    subfolders.append(found[:2])
+            real.extend(reversed(subfolders))  # popped in path order
+
     def list_folder(self, folder: str, rel_parts: tuple[str, ...]) -> list[os.DirEntry]:
         try:
             with os.scandir(folder) as entries:
@@ -128,8 +145,8 @@ class _Walk:
             self.skipped.append(Skipped(relpath, f"cannot list the folder ({error.strerror or error})"))
             return []
 
-    def visit(self, entry: os.DirEntry, parts: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
-        """Record one entry; returns (path, parts) of a folder to walk next, else None."""
+    def visit(self, entry: os.DirEntry, parts: tuple[str, ...]) -> tuple[str, tuple[str, ...], tuple[int, int]] | None:
+        """Record one entry; returns (path, parts, identity) of a folder to walk, else None."""
         relpath = "/".join(parts)
         try:
             info = entry.stat()  # follows symbolic links
@@ -137,7 +154,7 @@ class _Walk:
             self.skipped.append(Skipped(relpath, _stat_failure_reason(entry, error)))
             return None
         if stat.S_ISDIR(info.st_mode):
-            return self._folder(entry, parts, relpath, info)
+            return entry.path, parts, (info.st_dev, info.st_ino)
         if not has_image_extension(entry.name):
             return None
         reason = not_regular_reason(info.st_mode)
@@ -148,16 +165,17 @@ class _Walk:
             self.files.append(ImageFile(relpath, label, size=info.st_size, mtime_ns=info.st_mtime_ns))
         return None
 
-    def _folder(self, entry: os.DirEntry, parts: tuple[str, ...], relpath: str, info: os.stat_result):
-        identity = (info.st_dev, info.st_ino)
+    def _claim(self, identity: tuple[int, int], parts: tuple[str, ...]) -> bool:
+        """True for a folder seen the first time (to walk); a second sight is recorded, not walked."""
+        relpath = "/".join(parts)
         if identity in self.seen_folders:
-            first = self.seen_folders[identity] or "the folder itself"
+            first = self.seen_folders[identity] or "the indexed folder itself"
             self.skipped.append(Skipped(relpath, f"links to a folder listed already ({first})"))
-            return None
+            return False
         self.seen_folders[identity] = relpath
-        if has_image_extension(entry.name):
+        if has_image_extension(parts[-1]):
             self.skipped.append(Skipped(relpath, "is a folder, not an image file (its images are indexed)"))
-        return entry.path, parts
+        return True
 
 
 def _stat_failure_reason(entry: os.DirEntry, error: OSError) -> str:

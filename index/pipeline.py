@@ -1,42 +1,58 @@
-"""`hashae index FOLDER`: reader -> (trainer) -> encoder -> writer, incremental and crash-safe.
+"""`hashae index FOLDER`: scan -> plan -> (train) -> read + encode -> write, incremental and crash-safe.
 
-    plan     walk the folder (sorted relative paths), diff against the live catalogue rows by
-             (size, mtime) and, when those changed, by content hash: unchanged / new / changed / gone
-    train    only when the store has no models yet (or --retrain): the hashing AE and the VAE on
-             the folder's images; checkpoints saved under store/models/, recorded in the catalogue
-    encode   batches of new files: decode (bad files recorded with a reason), numpy encoder -> codes
-             and latents, one catalogue transaction per batch
-    commit   the store writes the new generation's index files and commits it last
+    scan     hashae.folders.scan_folder: the image files (sorted relative paths, size, mtime), and
+             what cannot be used or listed, recorded with its reason
+    plan     diff against the store's live items by (size, mtime), and by content hash when only
+             the mtime changed: unchanged / to add / changed / touched / gone. Items under a folder
+             that could not be listed are never taken for gone.
+    train    only when the store has no models yet, or with --retrain (old checkpoints are not
+             even loaded then): the training sample is read once through the reader and kept; the
+             pair is trained (index/training.py), saved, and recorded in one transaction
+    encode   the files to add, in shards of --batch-size files, each read and encoded by one task of
+             an executor (index/executors.py: in this process, or worker processes); the kept
+             training sample is only encoded. Results come back in shard order; each is one write
+             transaction (its rows, and its files that could not be used with their reasons).
+    commit   publish a new generation, only if something changed (a no-op run changes nothing)
 
-Each stage is timed; the summary says what happened. Killing the run at any moment leaves the
-previous generation readable; batches already in the catalogue are kept and published by the next run.
+Every file is read and decoded once per run. Killing the run at any moment leaves the previous
+generation readable; batches already written are kept and published by the next run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
+from hashae.decode import ImageDecodeError
+from hashae.errors import CheckpointError, ConfigError, DataError
+from hashae.events import Reporter, task
+from hashae.folders import ImageFile, Listing, scan_folder
+from hashae.index.backends import open_store
+from hashae.index.backends.base import LiveItem, ModelPair, NewItem, StoreBackend, StoreError, WriteTransaction
+from hashae.index.encoder import BatchEncoder, EncodedBatch, EncoderStage, ShardEncoder
+from hashae.index.executors import Executor, make_executor
+from hashae.index.settings import DEFAULT_BITS, DEFAULT_IMAGE_SIZE, DEFAULT_LATENT_DIM, StoreSettings
+from hashae.index.training import TrainingOptions, sample_positions, stack_pixels, train_pair, training_summaries
+from hashae.reader import DEFAULT_MAX_FILE_SIZE, DecodedBatch, Shard, ShardReader, hash_file, make_shards, probe_channels, probe_files
 
-from hashae.data import ImageFile, decode_image, detect_channels, list_images
-from hashae.errors import ConfigError, DataError
-from hashae.inference import InferenceEncoder
-from hashae.progress import progress_bar
-from hashae.index.backends.local.store import LiveItem, NewItem, Store, Writer
-
-ENCODE_BATCH = 1024
-MAX_TRAIN_ITEMS = 100_000  # training sample cap for very large folders; the rest is only encoded
+ENCODE_BATCH = 1024  # files per shard: one read + encode task and one write transaction
+AUTO_PROCESSES_MIN_FILES = 4000  # --executor auto uses worker processes from this many files to read
 
 
 @dataclass(frozen=True)
 class IndexOptions:
-    """What `hashae index` was asked for. None means: keep the store's setting, or the default."""
+    """What `hashae index` was asked for. None means: keep the store's setting, or the default.
+
+    executor: "auto", "sequential" or "processes" (index/executors.py); workers: processes to use
+    (None: one per core); batch_size: files per shard (None: ENCODE_BATCH); max_file_size: larger
+    files are recorded as skipped, unread; repoint: let this store index a folder other than the
+    one it was built from (its items not found there are removed).
+    """
 
     bits: int | None = None
     latent_dim: int | None = None
@@ -47,10 +63,11 @@ class IndexOptions:
     retrain: bool = False
     seed: int = 0
     device: str = "auto"
-    show_progress: bool = True
-
-
-DEFAULTS = {"bits": 32, "latent_dim": 32, "image_size": 28}
+    executor: str = "auto"
+    workers: int | None = None
+    batch_size: int | None = None
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    repoint: bool = False
 
 
 @dataclass
@@ -63,15 +80,18 @@ class IndexSummary:
     skipped: int = 0
     trained: bool = False
     generation: int = 0
+    committed: bool = False
+    executor: str = ""
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
         trained = ", trained models" if self.trained else ""
+        generation = f"generation {self.generation}" if self.committed else f"nothing changed, generation {self.generation}"
         return (
             f"indexed {self.indexed}, unchanged {self.unchanged}, removed {self.removed}, "
-            f"skipped {self.skipped}{trained} in {self.seconds:.1f}s (generation {self.generation})"
+            f"skipped {self.skipped}{trained} in {self.seconds:.1f}s ({generation})"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,131 +100,283 @@ class IndexSummary:
 
 @dataclass
 class Plan:
-    """The diff between the folder and the live catalogue rows."""
+    """The diff between the folder and the live items."""
 
     unchanged: list[str] = field(default_factory=list)
-    to_add: list[tuple[ImageFile, os.stat_result]] = field(default_factory=list)
-    changed: list[int] = field(default_factory=list)  # rows whose file changed (re-added)
+    to_add: list[ImageFile] = field(default_factory=list)
+    changed: list[int] = field(default_factory=list)  # ids whose file changed (re-added)
     touched: list[tuple[int, int]] = field(default_factory=list)  # (id, new mtime_ns): same content
-    gone: list[int] = field(default_factory=list)  # rows whose file is gone
+    gone: list[int] = field(default_factory=list)  # ids whose file is gone
 
 
-def content_hash(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def plan_changes(root: Path, files: list[ImageFile], live: dict[str, LiveItem]) -> Plan:
-    """Classify every file as unchanged or to (re-)add, and every live row whose file is gone or
-    changed as to remove. A file whose size and mtime match its row is unchanged without reading
-    it; otherwise its content hash decides (a touched but identical file stays unchanged, and its
-    new mtime goes into `touched` so the next run need not read it again)."""
+def plan_changes(root: Path, listing: Listing, live: dict[str, LiveItem]) -> Plan:
+    """Classify every listed file as unchanged or to (re-)add, and every live item whose file is gone
+    or changed as to remove. A file whose size and mtime match its item is unchanged without reading
+    it; when only the mtime differs, its content hash decides (read a chunk at a time), and a
+    touched but identical file goes into `touched` so the next run need not read it again. Items
+    under a folder that could not be listed are left alone."""
     plan = Plan()
-    seen = set()
-    for image in files:
-        seen.add(image.relpath)
-        try:
-            stat = os.stat(root / image.relpath)
-        except OSError:
-            continue  # vanished between listing and stat: it is simply not in the folder
+    for image in listing.files:
         row = live.get(image.relpath)
-        if row is not None and _same_file(root / image.relpath, stat, row):
+        if row is not None and _same_file(root, image, row):
             plan.unchanged.append(image.relpath)
-            if stat.st_mtime_ns != row.mtime_ns:
-                plan.touched.append((row.id, stat.st_mtime_ns))
+            if image.mtime_ns != row.mtime_ns:
+                plan.touched.append((row.id, image.mtime_ns))
             continue
         if row is not None:
             plan.changed.append(row.id)
-        plan.to_add.append((image, stat))
-    plan.gone = [row.id for path, row in live.items() if path not in seen]
+        plan.to_add.append(image)
+    listed = {image.relpath for image in listing.files}
+    plan.gone = [row.id for path, row in live.items() if path not in listed and listing.is_known(path)]
     return plan
 
 
-def _same_file(path: Path, stat: os.stat_result, row: LiveItem) -> bool:
-    if stat.st_size != row.size:
+def _same_file(root: Path, image: ImageFile, row: LiveItem) -> bool:
+    if image.size != row.size:
         return False
-    if stat.st_mtime_ns == row.mtime_ns:
+    if image.mtime_ns == row.mtime_ns:
         return True
     try:
-        return content_hash(path.read_bytes()) == row.content_hash
-    except OSError:
+        return hash_file(root / image.relpath) == row.content_hash
+    except (OSError, ImageDecodeError):
         return False
 
 
-def resolve_settings(current: dict[str, Any] | None, options: IndexOptions, root: Path, files: list[ImageFile]) -> dict[str, Any]:
-    """The run's bits / latent size / image size / channels: those of the current models, unless
-    asked otherwise (which needs --retrain: codes of different models cannot share an index)."""
+def index_folder(store_path: Path, root: Path, options: IndexOptions, *, report: Reporter | None = None) -> IndexSummary:
+    """Bring the store up to date with the folder; returns the run's summary. Progress goes to report."""
+    started = time.perf_counter()
+    root = Path(root)
+    summary = IndexSummary()
+    timer = _StageTimer(summary)
+    with timer("scan"):
+        listing = scan_folder(root)
+    with open_store(store_path, create=True) as store, store.writer() as writer:
+        _Run(store, writer, listing, options, report, summary, timer).run()
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+class _Run:
+    """One index run under the store's write lock."""
+
+    def __init__(self, store: StoreBackend, writer: WriteTransaction, listing: Listing, options: IndexOptions,
+                 report: Reporter | None, summary: IndexSummary, timer: _StageTimer) -> None:  # fmt: skip
+        self.store, self.writer, self.listing, self.options = store, writer, listing, options
+        self.report, self.summary, self.timer = report, summary, timer
+        self.root = listing.root
+        self.batch_size = options.batch_size or ENCODE_BATCH  # read now: tests change ENCODE_BATCH
+        self.reader_settings = dict(max_file_size=options.max_file_size)
+
+    def run(self) -> None:
+        store, writer, options = self.store, self.writer, self.options
+        with self.timer("scan"):
+            current = store.settings()
+            live = writer.live_items()
+            _check_same_folder(store, current, self.root, repoint=options.repoint)
+            models = store.latest_models()
+            training = options.retrain or models is None
+            asked = _asked_settings(current, options, training=training)
+            stage = None if training else _load_stage(store, models)
+            plan = plan_changes(self.root, self.listing, live)
+            writer.record_skipped(_skip_entries(self.listing.skipped))
+        self.summary.unchanged = 0 if training else len(plan.unchanged)
+        self.summary.removed = len(plan.gone)
+        to_encode = self.listing.files if training else plan.to_add
+        with self._executor(len(to_encode)) as executor:
+            self.summary.executor = f"{executor.name} ({executor.workers} worker{'s' * (executor.workers > 1)})"
+            if training:
+                models, settings, kept, to_encode = self._train(executor, asked, to_encode, live)
+                stage_dirs = (str(store.model_dir(models.hashing)), str(store.model_dir(models.latent)))
+            else:
+                settings = _settings_of(stage, _source_of(self.root, store.root))
+                writer.set_settings(settings)
+                writer.remove_items(plan.changed + plan.gone)
+                writer.update_mtimes(plan.touched)
+                kept, stage_dirs = [], (str(store.model_dir(models.hashing)), str(store.model_dir(models.latent)))
+            with self.timer("encode"):
+                self._encode(executor, kept, to_encode, stage_dirs, settings)
+        self._forget_skipped_files_gone()
+        with self.timer("commit"):
+            self._commit_if_changed(settings, models)
+        self.summary.skipped = len(store.skipped())
+
+    # ------------------------------------------------------------------------------- training
+    def _train(self, executor: Executor, asked: dict[str, int | None], files: list[ImageFile], live: dict[str, LiveItem]):
+        """Read the training sample (kept for encoding), train and record the pair. Returns (the
+        recorded pair, the settings, the sample's batches, the files still to read and encode)."""
+        options = self.options
+        image_size = asked["image_size"]
+        with self.timer("decode for training"):
+            positions = set(sample_positions(len(files), seed=options.seed).tolist())
+            sample = [image for i, image in enumerate(files) if i in positions]
+            kept, channels = self._read_sample(executor, sample, image_size, asked["channels"])
+            decoded = sum(len(batch) for batch in kept)
+            if decoded < 2:
+                raise DataError(
+                    f"{self.root}: fewer than 2 readable images ({len(sample) - decoded} could not be decoded); nothing to train on"
+                )
+        with self.timer("train"):
+            x = stack_pixels([batch.pixels for batch in kept])
+            trained = train_pair(
+                x, bits=asked["bits"], latent_dim=asked["latent_dim"], models_dir=self.store.models_dir,
+                options=TrainingOptions(epochs=options.epochs, quality=options.quality, seed=options.seed, device=options.device),
+                report=self.report,
+            )  # fmt: skip
+            del x
+        self.summary.trained = True
+        self.summary.training = training_summaries(trained)
+        settings = StoreSettings(bits=asked["bits"], latent_dim=asked["latent_dim"], image_size=image_size,
+                                 channels=channels, **asdict(_source_of(self.root, self.store.root)))  # fmt: skip
+        # Crash safety: checkpoints first (unrecorded folders are harmless), then every live item
+        # dropped, then the pair recorded: items are only ever encoded by the newest recorded pair.
+        self.writer.remove_items(row.id for row in live.values())
+        self.writer.set_settings(settings)
+        models = self.writer.add_models(hashing=trained["hashing"].record(), latent=trained["latent"].record())
+        return models, settings, kept, [image for i, image in enumerate(files) if i not in positions]
+
+    def _read_sample(self, executor: Executor, sample: list[ImageFile], image_size: int, channels: int | None):
+        """The sample's decoded batches, and the channels (probed from the sample when not known)."""
+        kept: list[DecodedBatch] = []
+        with task(self.report, "reading", total=len(sample)) as reading:
+            if channels is None:
+                probed = probe_files(sample)
+                channels, probe = probe_channels(Shard(os.fspath(self.root), tuple(probed)), size=image_size, **self.reader_settings)
+                kept.append(probe)
+                reading.advance(len(probed))
+                probed_paths = {image.relpath for image in probed}
+                sample = [image for image in sample if image.relpath not in probed_paths]
+            reader = ShardReader(size=image_size, channels=channels, **self.reader_settings)
+            for batch in executor.map(reader, make_shards(self.root, sample, shard_size=self.batch_size)):
+                kept.append(batch)
+                reading.advance(len(batch) + len(batch.skipped))
+        return kept, channels
+
+    # ------------------------------------------------------------------------------- encoding
+    def _encode(self, executor: Executor, kept: list[DecodedBatch], files: list[ImageFile], stage_dirs: tuple[str, str], settings: StoreSettings) -> None:
+        total = sum(len(batch) + len(batch.skipped) for batch in kept) + len(files)
+        reader = ShardReader(size=settings.image_size, channels=settings.channels, **self.reader_settings)
+        with task(self.report, "encoding", total=total) as encoding:
+            batches = executor.map(BatchEncoder(*stage_dirs), _drained(kept))
+            shards = executor.map(ShardEncoder(reader, *stage_dirs), make_shards(self.root, files, shard_size=self.batch_size))
+            for encoded in _chain(batches, shards):
+                self._write(encoded)
+                encoding.advance(len(encoded) + len(encoded.skipped))
+
+    def _write(self, encoded: EncodedBatch) -> None:
+        """One batch's rows in one transaction, then its files that could not be used."""
+        rows = [NewItem(f.relpath, f.size, f.mtime_ns, f.content_hash, f.label) for f in encoded.files]
+        if rows:
+            self.writer.add_items(rows, encoded.codes, encoded.latents)
+            self.writer.clear_skipped([row.path for row in rows])
+        if encoded.skipped:
+            self.writer.record_skipped(_skip_entries(encoded.skipped))
+        self.summary.indexed += len(rows)
+
+    # --------------------------------------------------------------------------------- ending
+    def _forget_skipped_files_gone(self) -> None:
+        """Forget skipped files that are no longer there (a folder that could not be listed keeps its own)."""
+        present = {image.relpath for image in self.listing.files} | {item.relpath for item in self.listing.skipped}
+        gone = [s.path for s in self.store.skipped() if s.path not in present and self.listing.is_known(s.path)]
+        if gone:
+            self.writer.clear_skipped(gone)
+
+    def _commit_if_changed(self, settings: StoreSettings, models: ModelPair) -> None:
+        """Commit a new generation unless this run changed nothing (then the store is left as it was)."""
+        unchanged = None
+        if not self.summary.trained and self.writer.pending() == (0, 0):
+            unchanged = _committed_generation(self.store, settings, models)
+        if unchanged is None:
+            self.summary.generation = self.writer.commit(models=models)
+            self.summary.committed = True
+        else:
+            self.summary.generation = unchanged
+
+    @contextmanager
+    def _executor(self, files: int) -> Iterator[Executor]:
+        options = self.options
+        executor = make_executor(options.executor, workers=options.workers, work=files, auto_threshold=AUTO_PROCESSES_MIN_FILES)
+        with executor:
+            yield executor
+
+
+def _chain(*iterators: Iterable[EncodedBatch]) -> Iterator[EncodedBatch]:
+    for iterator in iterators:
+        yield from iterator
+
+
+def _drained(batches: list[DecodedBatch]) -> Iterator[DecodedBatch]:
+    """The batches in order, each let go of by the list once handed out (memory follows the work)."""
+    batches.reverse()
+    while batches:
+        yield batches.pop()
+
+
+def _skip_entries(skipped: Iterable) -> list[tuple[str, str, int | None, int | None]]:
+    return [(item.relpath, item.reason, item.size, item.mtime_ns) for item in skipped]
+
+
+def _asked_settings(current: StoreSettings | None, options: IndexOptions, *, training: bool) -> dict[str, int | None]:
+    """The run's bits / latent size / image size / channels: the store's unless asked otherwise, which
+    needs --retrain (codes of different models cannot share an index). channels None: detect it."""
     asked = {"bits": options.bits, "latent_dim": options.latent_dim, "image_size": options.image_size, "channels": options.channels}
-    current = current or {}
-    settings: dict[str, Any] = {}
+    defaults = {"bits": DEFAULT_BITS, "latent_dim": DEFAULT_LATENT_DIM, "image_size": DEFAULT_IMAGE_SIZE, "channels": None}
+    resolved: dict[str, int | None] = {}
     for key, value in asked.items():
-        old = current.get(key)
-        if old is not None and value is not None and value != old and not options.retrain:
-            raise ConfigError(f"this store was built with {key.replace('_', ' ')} {old}; pass --retrain to rebuild it with {value}")
-        settings[key] = value if value is not None and (options.retrain or old is None) else old
-        if settings[key] is None:
-            settings[key] = DEFAULTS.get(key)
-    if settings["bits"] % 8 or settings["bits"] <= 0:
-        raise ConfigError(f"--bits must be a positive multiple of 8, got {settings['bits']}")
-    if settings["channels"] is None:
-        settings["channels"] = detect_channels(root, files)
-    return settings
+        old = getattr(current, key) if current is not None else None
+        if old is not None and value is not None and value != old and not training:
+            flag = {"bits": "--bits", "latent_dim": "--latent", "image_size": "--image-size", "channels": "--color/--grayscale"}[key]
+            raise ConfigError(f"this store was built with {key.replace('_', ' ')} {old}; pass --retrain to rebuild it with {flag} {value}")
+        resolved[key] = value if value is not None else (old if old is not None else defaults[key])
+    StoreSettings(**{key: value for key, value in resolved.items() if value is not None})  # validated here
+    return resolved
+
+
+def _load_stage(store: StoreBackend, models: ModelPair) -> EncoderStage:
+    try:
+        return EncoderStage.load(store.model_dir(models.hashing), store.model_dir(models.latent))
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; run `hashae index FOLDER --retrain` to train new models") from None
+
+
+def _settings_of(stage: EncoderStage, source: _Source) -> StoreSettings:
+    """The settings implied by the models themselves, so they can never disagree with the codes."""
+    channels, image_size, _ = stage.input_shape
+    return StoreSettings(bits=stage.bits, latent_dim=stage.latent_dim, image_size=image_size, channels=channels, **asdict(source))
+
+
+def _check_same_folder(store: StoreBackend, current: StoreSettings | None, root: Path, *, repoint: bool) -> None:
+    """A store belongs to its folder: another one is taken only with --repoint. The same folder is
+    the same absolute path, or the same place relative to the store (the two moved or copied together)."""
+    if repoint or current is None or current.source_root is None:
+        return
+    here = _source_of(root, store.root)
+    if current.source_root == here.source_root or (current.source_from_store is not None and current.source_from_store == here.source_from_store):
+        return
+    raise ConfigError(
+        f"the store {store.root} indexes {current.source_root}, not {here.source_root}: give this folder its own "
+        f"store (--store DIR), or pass --repoint to make this store index it (items not found there are removed)"
+    )
 
 
 @dataclass(frozen=True)
-class StoreModels:
-    """The hashing and latent models new rows are encoded with, as catalogue ids and numpy encoders."""
-
-    hashing_id: int
-    latent_id: int
-    hashing: InferenceEncoder
-    latent: InferenceEncoder
-
-    def settings(self) -> dict[str, Any]:
-        """Settings implied by the models themselves, so they can never disagree with the codes."""
-        channels, image_size = self.hashing.input_shape[0], self.hashing.input_shape[-1]
-        return {"bits": self.hashing.code_size, "latent_dim": self.latent.code_size, "image_size": image_size, "channels": channels}
+class _Source:
+    source_root: str
+    source_from_store: str
 
 
-def current_models(store: Store) -> StoreModels | None:
-    """The newest recorded pair of models (None when there is none or they do not fit together)."""
-    hashing, latent = (store.catalogue.latest_model(role) for role in ("hashing", "latent"))
-    if hashing is None or latent is None:
-        return None
-    pair = StoreModels(hashing.id, latent.id, InferenceEncoder.load(store.model_dir(hashing)), InferenceEncoder.load(store.model_dir(latent)))
-    return pair if pair.hashing.input_shape == pair.latent.input_shape else None
+def _source_of(root: Path, store_root: Path) -> _Source:
+    """Where the indexed folder is: absolute, and relative to the store folder."""
+    absolute = root.resolve()
+    return _Source(str(absolute), Path(os.path.relpath(absolute, Path(store_root).resolve())).as_posix())
 
 
-def index_folder(store_path: Path, root: Path, options: IndexOptions) -> IndexSummary:
-    """Bring the store up to date with the folder; returns the run's summary."""
-    started = time.perf_counter()
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
-    summary = IndexSummary()
-    timer = _StageTimer(summary)
-    with Store.open(store_path, create=True) as store, store.writer() as writer:
-        with timer("scan"):
-            files = list_images(root)
-            models = current_models(store)
-            settings = resolve_settings(models.settings() if models else None, options, root, files)
-            live = writer.live_items()
-        if models is None or options.retrain:
-            models = _train_models(store, writer, root, files, settings, options, summary, timer)
-            live = {}  # _train_models dropped every live row: all files are encoded anew
-        writer.set_settings(**models.settings(), source_root=str(root.resolve()))
-        plan = plan_changes(root, files, live)
-        with timer("encode"):
-            writer.remove_items(plan.changed + plan.gone)
-            writer.update_mtimes(plan.touched)
-            _encode_and_store(root, plan.to_add, models, writer, summary, options.show_progress)
-            listed = {f.relpath for f in files}
-            writer.clear_skipped(s.path for s in store.catalogue.skipped() if s.path not in listed)  # deleted bad files
-        with timer("commit"):
-            summary.generation = writer.commit(hashing_model=models.hashing_id, latent_model=models.latent_id)
-        summary.unchanged, summary.removed = len(plan.unchanged), len(plan.gone)
-        summary.skipped = len(store.catalogue.skipped())
-    summary.seconds = round(time.perf_counter() - started, 3)
-    return summary
+def _committed_generation(store: StoreBackend, settings: StoreSettings, models: ModelPair) -> int | None:
+    """The newest committed generation if it already has these settings and models, else None."""
+    try:
+        view = store.snapshot()
+    except StoreError:
+        return None  # nothing committed yet
+    return view.gen if view.settings == settings and view.models() == models else None
 
 
 class _StageTimer:
@@ -222,87 +394,3 @@ class _StageTimer:
             stages = self.summary.stages
             stages[name] = round(stages.get(name, 0.0) + time.perf_counter() - started, 3)
 
-
-def _read_and_decode(root: Path, image: ImageFile, settings: dict[str, Any]) -> tuple[bytes, np.ndarray]:
-    data = (root / image.relpath).read_bytes()
-    return data, decode_image(data, size=settings["image_size"], channels=settings["channels"])
-
-
-def _encode_and_store(root: Path, to_add, models: StoreModels, writer: Writer, summary: IndexSummary, show_progress: bool) -> None:
-    """Decode, encode and add the files in batches: one catalogue transaction per batch."""
-    settings = models.settings()
-    with progress_bar("encoding", total=len(to_add), enabled=show_progress and bool(to_add)) as bar:
-        for start in range(0, len(to_add), ENCODE_BATCH):
-            rows, pixels, skipped = [], [], []
-            for image, stat in to_add[start : start + ENCODE_BATCH]:
-                try:
-                    data, array = _read_and_decode(root, image, settings)
-                except (DataError, OSError) as error:
-                    skipped.append((image.relpath, _reason(error), stat.st_size, stat.st_mtime_ns))
-                    continue
-                rows.append(NewItem(image.relpath, stat.st_size, stat.st_mtime_ns, content_hash(data), image.label))
-                pixels.append(array)
-            if rows:
-                batch = np.stack(pixels)  # (m, C, H, W)
-                codes, _ = models.hashing.encode(batch)
-                writer.add_items(rows, codes, models.latent.embed(batch))
-                writer.clear_skipped([row.path for row in rows])
-            if skipped:
-                writer.record_skipped(skipped)
-            summary.indexed += len(rows)
-            bar.advance(n=len(rows) + len(skipped))
-
-
-def _reason(error: Exception) -> str:
-    if isinstance(error, OSError):
-        return f"cannot read the file ({error.strerror or error})"
-    return getattr(error, "reason", None) or str(error)  # ImageDecodeError carries the bare reason
-
-
-def _train_models(store: Store, writer: Writer, root: Path, files, settings, options: IndexOptions, summary: IndexSummary, timer) -> StoreModels:
-    """Train the hashing AE and the VAE on (a sample of) the folder; save and record them.
-
-    Order matters for crash safety: checkpoints are written first (unrecorded folders are harmless),
-    then every live row is dropped, then the models are recorded; so rows are only ever encoded by
-    the newest recorded models."""
-    from hashae import checkpoint
-    from hashae.recipes import train_store_models
-
-    with timer("decode for training"):
-        x = _decode_training_sample(root, files, settings, options)
-    with timer("train"):
-        trained = train_store_models(
-            x,
-            bits=settings["bits"],
-            latent_dim=settings["latent_dim"],
-            epochs=options.epochs,
-            quality=options.quality,
-            seed=options.seed,
-            device=options.device,
-            show_progress=options.show_progress,
-        )
-    summary.trained = True
-    summary.training = {role: fit.summary() for role, fit in trained.items()}
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folders = {role: checkpoint.save(fit.model, store.models_dir / f"{role}-{stamp}-{os.getpid()}", info=summary.training[role]) for role, fit in trained.items()}
-    writer.remove_items(row.id for row in writer.live_items().values())
-    ids = {role: writer.add_model(role=role, dir=folders[role].relative_to(store.root), kind=fit.model.config.kind, info=summary.training[role]) for role, fit in trained.items()}
-    return StoreModels(ids["hashing"], ids["latent"], InferenceEncoder.load(folders["hashing"]), InferenceEncoder.load(folders["latent"]))
-
-
-def _decode_training_sample(root: Path, files: list[ImageFile], settings: dict[str, Any], options: IndexOptions) -> np.ndarray:
-    sample = files
-    if len(files) > MAX_TRAIN_ITEMS:
-        pick = np.random.default_rng(options.seed).choice(len(files), MAX_TRAIN_ITEMS, replace=False)
-        sample = [files[i] for i in sorted(pick)]
-    pixels, bad = [], 0
-    with progress_bar("decoding", total=len(sample), enabled=options.show_progress) as bar:
-        for image in sample:
-            try:
-                pixels.append(_read_and_decode(root, image, settings)[1])
-            except (DataError, OSError):
-                bad += 1  # recorded with its reason by the encode stage
-            bar.advance()
-    if len(pixels) < 2:
-        raise DataError(f"{root}: fewer than 2 readable images ({bad} could not be decoded); nothing to train on")
-    return np.stack(pixels)

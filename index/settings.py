@@ -29,7 +29,9 @@ class StoreSettings:
 
     bits: code length (a positive multiple of 8); latent_dim: VAE latent size; image_size and
     channels: the models' input (channels, image_size, image_size); source_root: the indexed folder
-    (absolute), None until a folder is indexed; backend / backend_uri: where the vectors live.
+    (absolute), None until a folder is indexed; source_from_store: the same folder relative to the
+    store folder (so a store moved or copied together with its folder still knows it is its own);
+    backend / backend_uri: where the vectors live.
     """
 
     bits: int = DEFAULT_BITS
@@ -37,6 +39,7 @@ class StoreSettings:
     image_size: int = DEFAULT_IMAGE_SIZE
     channels: int = 1
     source_root: str | None = None
+    source_from_store: str | None = None
     backend: str = "local"
     backend_uri: str | None = None
     format_version: int = FORMAT_VERSION
@@ -54,8 +57,10 @@ class StoreSettings:
             raise ConfigError(f"channels must be 1 (grayscale) or 3 (colour), got {self.channels!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; known: {', '.join(BACKENDS)}")
-        if self.source_root is not None and not isinstance(self.source_root, str):
-            raise ConfigError(f"source_root must be a string, got {self.source_root!r}")
+        for name in ("source_root", "source_from_store"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name} must be a string, got {value!r}")
 
     @property
     def code_bytes(self) -> int:

@@ -190,7 +190,7 @@ def index_quietly(store: Path, folder: Path, **options: Any):
     """index_folder in-process, on the CPU, with 1 training epoch unless told otherwise."""
     from hashae.index.pipeline import IndexOptions, index_folder
 
-    settings = {"epochs": INDEX_EPOCHS, "show_progress": False, "device": "cpu", **options}
+    settings = {"epochs": INDEX_EPOCHS, "device": "cpu", **options}
     return index_folder(store, folder, IndexOptions(**settings))
 
 

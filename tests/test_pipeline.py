@@ -10,13 +10,17 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 from conftest import draw_images, image_paths, index_quietly, store_state, write_odd_files
 from typer.testing import CliRunner
 
 from hashae.cli.main import app
+from hashae.decode import decode_image
 from hashae.errors import DataError
-from hashae.index.backends.local.store import Store
+from hashae.index.backends import open_store
+from hashae.index.encoder import EncoderStage
+from hashae.index.backends.local.store import LocalStore as Store
 
 
 def info_json(store) -> dict:
@@ -33,6 +37,21 @@ def model_ids(store) -> tuple[int, int]:
     with Store.open(store) as opened:
         generation = opened.snapshot().generation
         return generation.hashing_model, generation.latent_model
+
+
+def assert_models_load_and_encode_to_the_stored_codes(folder, store) -> None:
+    """The store's newest models load (numpy encoder) and give every item its stored code."""
+    with open_store(store) as opened:
+        view = opened.snapshot()
+        models = view.models()
+        stage = EncoderStage.load(view.model_dir(models.hashing), view.model_dir(models.latent))
+        ids = view.item_ids()
+        items = view.items(ids)
+        pixels = np.stack([decode_image(folder / items[int(i)].path, size=28, channels=1) for i in ids])
+        codes, latents = stage.encode(pixels)
+        assert len(ids) and codes.shape == (len(ids), view.settings.bits // 8)
+        np.testing.assert_array_equal(codes, view.codes_of(ids))
+        np.testing.assert_allclose(latents, view.latents_of(ids), atol=1e-5)
 
 
 # ------------------------------------------------------------------------- bad and unusual files
@@ -210,8 +229,7 @@ def test_unrecorded_model_folders_are_removed_by_the_next_run(library_copy):
     summary = index_quietly(store, folder)
     assert not summary.trained and summary.indexed == 0
     assert sorted(p.name for p in models_dir.iterdir()) == recorded
-    with Store.open(store) as opened:  # the recorded models still load
-        assert opened.snapshot().hashing_model is not None
+    assert_models_load_and_encode_to_the_stored_codes(folder, store)
 
 
 def test_changing_bits_needs_retrain(library_copy):
