@@ -296,6 +296,13 @@ def test_one_writer_at_a_time_and_one_process_per_lite_file(store, tmp_path):
     assert result.returncode == 0, result.stderr  # released on close
 
 
+def test_the_backend_imports_pymilvus_only_when_it_reaches_milvus():
+    probe = ("import sys; import hashae.index.backends.milvus; "
+             "assert not {'pymilvus', 'milvus_lite'} & set(sys.modules), 'imported at import time'")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 # ------------------------------------------------------------------------------- crash safety
 # Two runs over a "folder" described by data: FIRST indexes 180 files (one unreadable); SECOND
 # deletes 20, changes 15, touches 10, adds 40 and fixes the unreadable one. The driver below does
