@@ -18,6 +18,7 @@ import numpy as np
 from hashae.decode import decode_image
 from hashae.errors import HashaeError
 from hashae.index.backends.base import Hit, ReadView, StoreBackend
+from hashae.index.encoder import EncoderStage
 from hashae.index.search import DEFAULT_K, QUERY_MODES, TIE_ORDERS, QueryError, search, with_metadata
 from hashae.index.settings import StoreSettings
 
@@ -54,9 +55,9 @@ class Answer:
 class QueryEngine:
     """Searches one committed generation of a store with the models its vectors were made with."""
 
-    def __init__(self, view: ReadView, encoder: Any) -> None:
-        """view: the generation to search; encoder: its models' encoder stage (encode(pixels) ->
-        (codes, latents)). Use QueryEngine.open(store) to get both from a store."""
+    def __init__(self, view: ReadView, encoder: EncoderStage) -> None:
+        """view: the generation to search; encoder: the encoder stage of the models its vectors were
+        made with. QueryEngine.open(store) gives both from a store."""
         self.view = view
         self.encoder = encoder
 
@@ -68,7 +69,7 @@ class QueryEngine:
         models = view.models()
         if models is None:
             raise QueryError(f"the store at {store.root} has no trained models; run `hashae index FOLDER`")
-        return cls(view, _EncoderPair.load(view.model_dir(models.hashing), view.model_dir(models.latent)))
+        return cls(view, EncoderStage.load(view.model_dir(models.hashing), view.model_dir(models.latent)))
 
     @property
     def settings(self) -> StoreSettings:
@@ -124,22 +125,6 @@ class QueryEngine:
     def source_path(self, hit: Hit) -> Path:
         """Where an indexed item's file lies (the folder that was indexed + its relative path)."""
         return Path(self.settings.source_root or ".") / (hit.path or "")
-
-
-class _EncoderPair:
-    """The hashing model's codes and the VAE's latents of decoded images, with numpy alone."""
-
-    def __init__(self, hashing, latent) -> None:
-        self.hashing, self.latent = hashing, latent
-
-    @classmethod
-    def load(cls, hashing_dir: Path, latent_dir: Path) -> _EncoderPair:
-        from hashae.inference import InferenceEncoder
-
-        return cls(InferenceEncoder.load(hashing_dir), InferenceEncoder.load(latent_dir))
-
-    def encode(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.hashing.codes(pixels), self.latent.embed(pixels)
 
 
 def single_faiss_thread() -> None:

@@ -1,5 +1,5 @@
 """The bench's models, trained as `hashae index` trains them (hashae.recipes.fit_default), saved as
-checkpoint folders and encoded by the numpy encoder the product ships (hashae.inference): the codes
+checkpoint folders and encoded by the product's numpy encoder stage (index/encoder.py): the codes
 and latents measured are the ones a user's store would hold."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from hashae.events import Reporter
+from hashae.index.encoder import EncoderStage
 from hashae.inference import InferenceEncoder
 
 ENCODE_CHUNK = 4096  # images per encoder call
@@ -24,11 +25,14 @@ class TrainedEncoder:
     folder: Path
 
     def codes(self, x: np.ndarray) -> np.ndarray:
-        """Packed codes uint8 (n, bits/8) of images (n, C, H, W)."""
-        return np.concatenate([self.encoder.codes(x[i : i + ENCODE_CHUNK]) for i in range(0, len(x), ENCODE_CHUNK)])
+        """Packed codes uint8 (n, bits/8) of images (n, C, H, W), each bit decided as the encoder
+        stage decides a store's (the stage's latents, here the same model's, are not used)."""
+        stage = EncoderStage(self.encoder, self.encoder)
+        return np.concatenate([stage.encode(x[i : i + ENCODE_CHUNK])[0] for i in range(0, len(x), ENCODE_CHUNK)])
 
     def latents(self, x: np.ndarray) -> np.ndarray:
-        """Embeddings float32 (n, d) of images (n, C, H, W): the VAE mean for a VAE."""
+        """Embeddings float32 (n, d) of images (n, C, H, W): the VAE mean for a VAE, as the encoder
+        stage computes a store's latents."""
         return np.concatenate([self.encoder.embed(x[i : i + ENCODE_CHUNK]) for i in range(0, len(x), ENCODE_CHUNK)])
 
 
