@@ -196,7 +196,7 @@ def index_quietly(store: Path, folder: Path, **options: Any):
 
 def store_state(store: Path) -> dict[str, tuple[int, bytes, str | None]]:
     """The newest committed generation as {path: (id, code bytes, label)}."""
-    from hashae.index.backends.local.store import Store
+    from hashae.index.backends.local.store import LocalStore as Store
 
     with Store.open(store) as opened:
         snapshot = opened.snapshot()
