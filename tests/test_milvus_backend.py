@@ -296,6 +296,24 @@ def test_one_writer_at_a_time_and_one_process_per_lite_file(store, tmp_path):
     assert result.returncode == 0, result.stderr  # released on close
 
 
+def test_reopening_right_after_the_owner_is_killed_never_runs_two_servers_on_one_file(store):
+    from hashae.index.backends.milvus.connection import _servers_of
+
+    fill(store, np.zeros((2, 4), np.uint8), np.zeros((2, DIM), np.float32), ["a", "b"])
+    store.close()
+    owner = ("import sys, time; from hashae.index.backends.milvus import MilvusStore; "
+             "MilvusStore.open(sys.argv[1]).snapshot().search_hamming(__import__('numpy').zeros((1, 4), 'uint8'), k=1); "
+             "print('serving', flush=True); time.sleep(120)")
+    lite_file = (store.root / LITE_FILE).resolve()
+    for _ in range(3):
+        with subprocess.Popen([sys.executable, "-c", owner, str(store.root)], stdout=subprocess.PIPE, text=True) as process:
+            assert process.stdout.readline().strip() == "serving"
+            process.kill()  # its server lingers a moment, then exits when it finds the lock free
+        with MilvusStore.open(store.root) as reopened:
+            assert reopened.snapshot().search_hamming(np.zeros((1, 4), np.uint8), k=2)[0]
+            assert len(_servers_of(lite_file)) == 1  # ours only: the killed owner's server was let go first
+
+
 def test_the_backend_imports_pymilvus_only_when_it_reaches_milvus():
     probe = ("import sys; import hashae.index.backends.milvus; "
              "assert not {'pymilvus', 'milvus_lite'} & set(sys.modules), 'imported at import time'")

@@ -35,13 +35,16 @@ Can be lost: the work of the killed run that was not yet committed, in part. Row
 kept as pending rows (added_gen = G + 1) and adopted by the next writer, which lists them in
 live_items and so does not encode those files again; rows whose insert had not returned may be
 absent and are encoded again. Rows it had marked removed stay marked; rows it had not are still
-live, and the re-run removes them. A Milvus insert or upsert request applies whole or not at all,
-as far as Milvus Lite and a standalone server go; on a server, data not yet flushed is as durable as
-the server's write-ahead log makes it (the commit flushes first). Ids reserved but never written
-leave gaps. New mtimes of touched files (update_mtimes) are written in place and seen at once, by
-readers too, as in the local store; those written before the kill stay. Not covered: a Milvus server that loses acknowledged writes, or an upsert applied half
-(its delete without its insert) by a server crash: such a row is missing from the generations that
-showed it, and the next run re-adds the file.
+live, and the re-run removes them. Ids reserved but never written leave gaps. New mtimes of touched
+files (update_mtimes) are written in place and seen at once, by readers too, as in the local store;
+those written before the kill stay. A killed writer's Milvus Lite server exits by itself; the next
+process to open the file waits for it (two servers never share a file).
+
+Assumed, not proven: the kill hits the client, and Milvus applies a request it received whole (one
+insert or upsert batch); on a server, unflushed data is as durable as its write-ahead log (the
+commit flushes first). Not covered: a Milvus server that loses acknowledged writes, or an upsert
+applied half (its delete without its insert) by a server crash: such a row would be missing from the
+generations that showed it, and the next run would add the file again.
 
 So a re-run converges: it sees exactly the files already stored (pending or committed), removes
 and adds the rest, and commits the same visible contents (paths, metadata, codes, latents) as an

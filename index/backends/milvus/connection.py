@@ -5,8 +5,9 @@ Importing this module does not import them; connect() does, and says how to inst
 
 A URI ending in .db is a Milvus Lite file: hashae runs milvus-lite's server binary for it
 (LiteServer), one per file and per process (a second process is refused while the first holds the
-file). The server stops when its owner releases it or dies (it watches a lock the owner holds), so
-a killed writer leaves no server behind. Its glog files and output go to a `milvus-logs` folder
+file). The server stops when its owner releases it or dies (it polls a lock the owner holds), so
+a killed writer leaves no server behind; the next owner waits for that server to go before it takes
+the lock, or the old server would see the lock held and stay, two servers on one file. Its glog files and output go to a `milvus-logs` folder
 beside the .db file (not /tmp, not the terminal), errors only. Any other URI (http://host:19530, https://...) is a Milvus server; its
 token comes from the caller or the HASHAE_MILVUS_TOKEN environment variable and is never stored.
 """
@@ -43,6 +44,8 @@ LITE_NAME = re.compile(r"^[a-zA-Z0-9.\-_]{1,36}$")  # what the Lite server accep
 LITE_START_TIMEOUT_S = 60.0
 LITE_STOP_TIMEOUT_S = 5.0
 LITE_POLL_S = 0.01
+LITE_LOCK_WAIT_S = 3.0
+LITE_LOCK_POLL_S = 0.02
 SOCKET_DIR_PREFIX = "hashae-milvus-"  # + owner pid + "-" + random: the Lite server's socket folder
 
 _lock = threading.Lock()
@@ -118,7 +121,7 @@ class LiteServer:
         self.db_file = db_file
         if not LITE_NAME.match(db_file.name):
             raise StoreError(f"Milvus Lite file names are at most 36 letters, digits, '.', '-', '_': {db_file.name!r}")
-        self.lock_file = db_file.parent / f".{db_file.name}.lock"
+        self.lock_file = lite_lock_file(db_file)
         _remove_sockets_of_dead_processes()
         self.socket_dir = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-"))
         self.socket = self.socket_dir / "lite.sock"
@@ -130,14 +133,12 @@ class LiteServer:
         binary_dir = Path(_milvus_lite_binaries())
         self._lock_handle = open(self.lock_file, "a")
         try:
-            fcntl.lockf(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.stop()
-            raise StoreError(
-                f"the Milvus Lite file {self.db_file} is open in another process (Milvus Lite serves one "
-                "process per file): stop the other hashae process using this store, or use a Milvus "
-                "server (--uri http://HOST:19530)"
-            ) from None
+            self._take_lock()
+        except BaseException:
+            self._lock_handle.close()
+            self._lock_handle = None  # the lock file stays (another owner's, or the next one's)
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            raise
         log_dir = self.db_file.parent / LITE_LOG_DIR
         log_dir.mkdir(exist_ok=True)
         environment = {**LITE_GLOG, "GLOG_log_dir": str(log_dir), **os.environ}  # the user's settings win
@@ -149,6 +150,41 @@ class LiteServer:
                 env=environment, cwd=str(self.db_file.parent), stdin=subprocess.DEVNULL, stdout=output, stderr=output,
             )
         self._wait_for_socket()
+
+    def _take_lock(self) -> None:
+        """Lock the lock file, once no server of a killed owner is left on the file.
+
+        Such a server exits when it finds the lock free; taking the lock first would keep it
+        running beside ours, so while one is seen (Linux: /proc) the lock is only tried and given
+        back. A lock someone else keeps holding for LITE_LOCK_WAIT_S is a live owner: StoreError.
+        """
+        deadline = time.monotonic() + LITE_START_TIMEOUT_S
+        held_by_other_since = None
+        while True:
+            if self._try_lock():
+                if not _servers_of(self.db_file):
+                    return
+                fcntl.lockf(self._lock_handle, fcntl.LOCK_UN)  # an ownerless server: let it see the lock free
+                held_by_other_since = None
+            else:
+                held_by_other_since = held_by_other_since or time.monotonic()
+                if time.monotonic() - held_by_other_since > LITE_LOCK_WAIT_S:
+                    raise StoreError(
+                        f"the Milvus Lite file {self.db_file} is open in another process (Milvus Lite serves one "
+                        "process per file): stop the other hashae process using this store, or use a Milvus "
+                        "server (--uri http://HOST:19530)"
+                    )
+            if time.monotonic() > deadline:
+                pids = _servers_of(self.db_file)
+                raise StoreError(f"a Milvus Lite server (pid {pids[0] if pids else '?'}) of {self.db_file} did not exit; stop it")
+            time.sleep(LITE_LOCK_POLL_S)
+
+    def _try_lock(self) -> bool:
+        try:
+            fcntl.lockf(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
 
     def _wait_for_socket(self) -> None:
         deadline = time.monotonic() + LITE_START_TIMEOUT_S
@@ -167,9 +203,8 @@ class LiteServer:
                 fcntl.lockf(self._lock_handle, fcntl.LOCK_UN)
             except OSError:
                 pass
-            self._lock_handle.close()
+            self._lock_handle.close()  # the file stays: unlinking it could let two owners lock two files
             self._lock_handle = None
-            self.lock_file.unlink(missing_ok=True)
         if self._process is not None:
             try:
                 self._process.wait(timeout=LITE_STOP_TIMEOUT_S)
@@ -178,6 +213,24 @@ class LiteServer:
                 self._process.wait()
             self._process = None
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+def lite_lock_file(db_file: Path) -> Path:
+    """The lock file a Lite server's owner holds (milvus-lite's own name for it: the two exclude each other)."""
+    return db_file.parent / f".{db_file.name}.lock"
+
+
+def _servers_of(db_file: Path) -> list[int]:
+    """Pids of running Milvus Lite servers of db_file (their command line names it), from /proc."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            arguments = entry.read_bytes().split(b"\0")
+        except OSError:
+            continue  # exited meanwhile
+        if len(arguments) > 1 and arguments[0].endswith(b"/milvus") and arguments[1] == os.fsencode(db_file):
+            found.append(int(entry.parent.name))
+    return found
 
 
 def _remove_sockets_of_dead_processes() -> None:

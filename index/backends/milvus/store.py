@@ -22,7 +22,7 @@ from typing import Any
 from hashae.index.backends.base import ModelPair, ModelRecord, SkippedFile, StoreError
 from hashae.index.backends.milvus.catalogue import CollectionRecord, Generation, MilvusCatalogue
 from hashae.index.backends.milvus.collection import HAMMING_INDEXES, ItemsCollection, search_params_of
-from hashae.index.backends.milvus.connection import LITE_LOG_DIR, MilvusConnection, is_lite_uri
+from hashae.index.backends.milvus.connection import LITE_LOG_DIR, MilvusConnection, is_lite_uri, lite_lock_file
 from hashae.index.backends.milvus.snapshot import MilvusSnapshot
 from hashae.index.backends.milvus.writer import MODELS_DIR, MilvusWriteTransaction
 from hashae.index.settings import StoreSettings
@@ -264,6 +264,7 @@ class MilvusStore:
             (self.root / f"{CATALOGUE_FILE}{suffix}").unlink(missing_ok=True)
         if uri == str((self.root / LITE_FILE).absolute()):
             (self.root / LITE_FILE).unlink(missing_ok=True)
+            (self.root / lite_lock_file(self.root / LITE_FILE).name).unlink(missing_ok=True)
             shutil.rmtree(self.root / LITE_LOG_DIR, ignore_errors=True)
         _remove_empty_folder(self.models_dir)
         (self.root / LOCK_FILE).unlink(missing_ok=True)
