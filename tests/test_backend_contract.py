@@ -36,8 +36,9 @@ from hashae.index.settings import StoreSettings
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = {
     "local": {},
+    "milvus": {"backend": "milvus"},
 }
-EXACT = {"local"}
+EXACT = {"local", "milvus"}
 BITS = (32, 64)
 DIM = 6
 N_ITEMS = 700
@@ -110,7 +111,7 @@ def make_store(backend, tmp_path):
     opened = []
 
     def make(bits: int, name: str = "store") -> tuple[StoreBackend, StoreSettings]:
-        store = open_store(tmp_path / name, create=True)
+        store = open_store(tmp_path / name, create=True, **BACKENDS[backend])
         opened.append(store)
         return store, StoreSettings(bits=bits, latent_dim=DIM, **BACKENDS[backend])
 
