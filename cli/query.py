@@ -20,7 +20,7 @@ def query(
     ids: list[int] = typer.Option([], "--id", help="Query with an indexed item (repeatable)."),
     k: int = typer.Option(None, "-k", "--top", help="Number of results (default 10; all within --radius when it is given).", min=1),
     radius: int = typer.Option(None, "--radius", "-r", help="Every item within this many bit flips (Hamming mode).", min=0),
-    mode: str = typer.Option("hamming", "--mode", "-m", help="hamming (bit flips), latent (VAE FAISS), hybrid (the Hamming top max(k, 100) re-ranked by latent distance)."),
+    mode: str = typer.Option("hamming", "--mode", "-m", help="hamming (bit flips), latent (VAE FAISS), hybrid (the Hamming top max(k, 1000) re-ranked by latent distance)."),
     ties: str = typer.Option("latent", "--ties", help="Order within equal Hamming distance: latent (by VAE-mean distance, so an image's own file or a re-encoded copy comes first) or id."),
     store: Path = StoreOption,
     sheet: Path = typer.Option(None, "--sheet", help="Also draw a contact sheet of the queries and their results to this PNG (its folder must exist)."),

@@ -126,9 +126,10 @@ def test_hybrid_reranks_the_hamming_answer_at_the_shortlist_depth(arrays, view, 
             assert all(type(h.distance) is float for h in got)
 
 
-def test_hybrid_answers_are_heads_of_each_other(arrays, view):
+def test_hybrid_answers_are_heads_of_each_other(arrays, view, monkeypatch):
+    monkeypatch.setattr(search_module, "HYBRID_SHORTLIST", 60)  # a shortlist smaller than the view
     q_codes, q_latents = queries(arrays, ROWS)
-    longest = search(view, codes=q_codes, latents=q_latents, mode="hybrid", k=search_module.HYBRID_SHORTLIST)
+    longest = search(view, codes=q_codes, latents=q_latents, mode="hybrid", k=60)
     for k in (1, 10, 50):
         shorter = search(view, codes=q_codes, latents=q_latents, mode="hybrid", k=k)
         assert [hits for hits in shorter] == [hits[:k] for hits in longest]

@@ -5,8 +5,8 @@ code layers thresholded at their training medians), float vectors (the VAE mean,
 hybrid: the product's hybrid mode, answered by index/search.py over the database's codes and VAE
 means (the hamming answer at depth max(k, HYBRID_SHORTLIST) re-ranked by VAE-mean distance), each
 metric from the answer a user asking that many results gets: recall@10 from k=10, R10@100 from
-k=100, mAP@1000 from k=1000 (its mAP@all ranks the rest of the database after that answer, in
-Hamming order).
+k=100, mAP@1000 from k=1000 (heads of one ranking, as the shortlist is the same for every k up to
+1000; mAP@all ranks the rest of the database after the k=1000 answer, in Hamming order).
 Every autoencoder is trained as `hashae index` trains it and encoded by the numpy encoder of its
 saved checkpoint, as the product encodes. Binary rows rank by (Hamming distance, id): the codes'
 own quality, comparable across hash functions (`hashae query --ties id`).
@@ -29,7 +29,7 @@ from hashae.events import Reporter, message
 from hashae.index.array_view import ArrayView
 from hashae.index.backends.base import ReadView
 from hashae.index.bench.encoders import TrainedEncoder, train_encoder
-from hashae.index.bench.protocol import VARIANTS, BenchOptions, Split, flat, load_split
+from hashae.index.bench.protocol import RECIPES, VARIANTS, BenchOptions, Split, flat, load_split
 from hashae.index.bench.timing import binary_timings, float_timings, hybrid_timings
 from hashae.index.search import search
 
@@ -67,7 +67,7 @@ def run_bench(
             for method in options.methods:
                 if method in BASELINES:
                     bench.baseline(method, bits)
-                elif method == "hashing" or method in VARIANTS:
+                elif method == "hashing" or method in VARIANTS or method in RECIPES:
                     bench.autoencoder(method, bits)
             if "hybrid" in options.methods:
                 bench.hybrid(bits)
@@ -105,7 +105,9 @@ class _Bench:
         q_codes, db_codes = trained.codes(self.split.queries.x), trained.codes(self.split.db.x)
         if kind == "hashing":
             self.hashing_codes[bits] = (q_codes, db_codes)
-        self.binary_row(kind, bits, q_codes, db_codes, trained.train_s)
+        stats = trained.code_stats or {}
+        model_stats = {key: stats.get(key) for key in ("saturated_share", "noise_flip_share")}
+        self.binary_row(kind, bits, q_codes, db_codes, trained.train_s, model_stats=model_stats)
 
     def vae_latents(self) -> tuple[np.ndarray, np.ndarray]:
         """The VAE means of the queries and the database (the VAE trained once, on first use)."""
@@ -122,9 +124,12 @@ class _Bench:
         )
 
     # ------------------------------------------------------------------------------ rows
-    def binary_row(self, method: str, bits: int, q_codes: np.ndarray, db_codes: np.ndarray, train_s: float) -> None:
+    def binary_row(self, method: str, bits: int, q_codes: np.ndarray, db_codes: np.ndarray, train_s: float,
+                   *, model_stats: dict[str, Any] | None = None) -> None:
+        """model_stats: the training run's saturation and noise flip shares (autoencoders only)."""
         labels = self.split.queries.labels, self.split.db.labels
         row = metrics.evaluate_binary(q_codes, db_codes, *labels, truth=self.truth)
+        row.update({"saturated_share": None, "noise_flip_share": None, **(model_stats or {}), **bit_usage(db_codes)})
         row.update(binary_timings(database_view(db_codes), q_codes, db_codes, self.options.timing_queries))
         self._add(method, bits, bits // 8, row, train_s)
         if bits == 32 or len(self.options.bits) == 1:
@@ -180,6 +185,16 @@ class _Bench:
         self.result.rows.append(row)
         if self.on_row is not None:
             self.on_row(row)
+
+
+def bit_usage(codes: np.ndarray) -> dict[str, float]:
+    """Bit balance (std over bits of each bit's mean) and mean bit entropy (bits) of packed codes."""
+    from hashae.codes import unpack_bits
+
+    p = unpack_bits(codes).mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = np.nan_to_num(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)))
+    return {"bit_balance_std": round(float(p.std()), 4), "mean_bit_entropy": round(float(entropy.mean()), 4)}
 
 
 def _answer_then_hamming(top: np.ndarray, hamming_ranking: np.ndarray) -> np.ndarray:
