@@ -23,6 +23,7 @@ import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,9 +48,9 @@ class Shard:
         return len(self.files)
 
 
-@dataclass(frozen=True)
-class FileRecord:
-    """What reading a file found: its size and mtime (of the open file), content hash and label."""
+class FileRecord(NamedTuple):
+    """What reading a file found: its size and mtime (of the open file), content hash and label.
+    (A named tuple: batches of them travel between processes, and tuples pickle fastest.)"""
 
     relpath: str
     size: int
@@ -155,7 +156,7 @@ def hash_file(path: str | os.PathLike) -> str:
     Raises ImageDecodeError for what is not a regular file, OSError when it cannot be read.
     """
     digest = hashlib.blake2b(digest_size=HASH_DIGEST_BYTES)
-    fd = _open_regular(path)
+    fd, _ = _open_regular(path)
     try:
         while chunk := os.read(fd, HASH_CHUNK_BYTES):
             digest.update(chunk)
@@ -171,9 +172,8 @@ def read_file(path: str | os.PathLike, *, max_file_size: int = DEFAULT_MAX_FILE_
     FIFO is refused at once, never waited on), or too large (refused before reading); OSError
     when it cannot be opened or read.
     """
-    fd = _open_regular(path)
+    fd, info = _open_regular(path)
     try:
-        info = os.fstat(fd)
         if info.st_size > max_file_size:
             raise ImageDecodeError(_too_large(info.st_size, max_file_size))
         data = os.read(fd, info.st_size + 1)  # one read for a regular file that did not grow
@@ -186,19 +186,20 @@ def read_file(path: str | os.PathLike, *, max_file_size: int = DEFAULT_MAX_FILE_
         os.close(fd)
 
 
-def _open_regular(path: str | os.PathLike) -> int:
-    """An open descriptor of path if it is a regular file (non-blocking open, checked on the
-    descriptor); ImageDecodeError with the reason otherwise."""
+def _open_regular(path: str | os.PathLike) -> tuple[int, os.stat_result]:
+    """An open descriptor of path and its stat, if it is a regular file (opened non-blocking, checked
+    on the descriptor); ImageDecodeError with the reason otherwise."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        reason = not_regular_reason(os.fstat(fd).st_mode)
+        info = os.fstat(fd)
     except BaseException:
         os.close(fd)
         raise
+    reason = not_regular_reason(info.st_mode)
     if reason:
         os.close(fd)
         raise ImageDecodeError(reason)
-    return fd
+    return fd, info
 
 
 def _read_rest(fd: int, *, limit: int) -> bytes:
@@ -223,7 +224,7 @@ def _read_files(root: str, files: Sequence[ImageFile], *, size: int, channels: i
     records: list[FileRecord] = []
     skipped: list[Skipped] = []
     for image in files:
-        path = os.path.join(root, image.relpath)
+        path = f"{root}/{image.relpath}"
         try:
             data, info = read_file(path, max_file_size=max_file_size)
         except ImageDecodeError as error:

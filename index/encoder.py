@@ -44,6 +44,7 @@ from hashae.reader import DecodedBatch, FileRecord, Shard, ShardReader
 CODE_MARGIN = 1e-3  # float32 bits this close to their threshold are decided in float64
 CODE_MARGIN_RELATIVE = 1e-4  # ... plus this fraction of the unit's magnitude
 FLOAT64_MARGIN = 1e-9  # float64 bits this close are decided row by row
+ROWS_PER_PRODUCT = 256  # rows per matrix product: faster than 1024 (its hidden layer spills the cache)
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,9 +99,13 @@ class EncoderStage:
         A row's code is the same whatever else is in the batch (see the module docstring).
         """
         pixels = np.asarray(pixels, dtype=np.float32)
-        if len(pixels) == 0:
-            return np.empty((0, self.bits // 8), np.uint8), np.empty((0, self.latent_dim), np.float32)
-        return pack_bits(self._code_bits(pixels)), self.latent.embed(pixels)
+        codes = np.empty((len(pixels), self.bits // 8), np.uint8)
+        latents = np.empty((len(pixels), self.latent_dim), np.float32)
+        for start in range(0, len(pixels), ROWS_PER_PRODUCT):  # the hidden layers stay in cache
+            block = pixels[start : start + ROWS_PER_PRODUCT]
+            codes[start : start + len(block)] = pack_bits(self._code_bits(block))
+            latents[start : start + len(block)] = self.latent.embed(block)
+        return codes, latents
 
     def encode_batch(self, batch: DecodedBatch) -> EncodedBatch:
         """A decoded batch's codes and latents, with its files and skipped files."""

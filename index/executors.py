@@ -149,6 +149,15 @@ def check_workers(workers: int) -> int:
     return workers
 
 
+def start_worker_server() -> None:
+    """Start the server process that workers fork from, now, without waiting for it: its imports
+    then overlap whatever the caller does before its first ProcessExecutor.map. Harmless if unused."""
+    if _worker_context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def _worker_context() -> multiprocessing.context.BaseContext:
     """forkserver where there is one (a clean server process forks each worker fast), else spawn."""
     if "forkserver" in multiprocessing.get_all_start_methods():

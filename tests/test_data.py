@@ -6,10 +6,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
 import resource
+import signal
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -32,12 +36,14 @@ from hashae.datasets import (
     read_idx,
     read_npy,
 )
-from hashae.decode import ImageDecodeError, decode_image, image_channels_of
+from hashae.decode import ImageDecodeError, decode_image, decode_image_with_channels, image_channels_of
 from hashae.errors import ConfigError, DataError
 from hashae.events import Event
+from hashae.fastpng import decode_plain_png, decode_plain_png_into
 from hashae.folders import ImageFile as FolderImage
-from hashae.folders import detect_channels, list_images
-from hashae.reader import make_shards, read_shard
+from hashae.folders import detect_channels, list_images, scan_folder
+from hashae.reader import Shard, content_hash, decode_into, hash_file, make_shards, read_shard
+from permissions import unlistable
 
 FASHION_MNIST_PRESENT = (datasets.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file()
 needs_fashion_mnist = pytest.mark.skipif(not FASHION_MNIST_PRESENT, reason="Fashion-MNIST not installed")
@@ -714,3 +720,253 @@ def test_array_dataset_subset_and_validation():
 
 def test_image_file_is_a_value():
     assert FolderImage("a/b.png", "a") == FolderImage("a/b.png", "a")
+
+
+# ---------------------------------------------------------------------------------------------
+# The plain-PNG fast path: exactly Pillow's pixels, or None
+
+
+def png_file(pixels: np.ndarray, filters, *, chunks: list[tuple[bytes, bytes]] = (), idat_parts: int = 1,
+             interlace: int = 0, depth: int = 8, trailing: bytes = b"", stream_tail: bytes = b"", height: int | None = None) -> bytes:
+    """A PNG of uint8 pixels (h, w) gray or (h, w, 3) RGB, each row filtered with filters[row % len]
+    (0 None, 1 Sub, 2 Up, 3 Average, 4 Paeth), the zlib stream cut into idat_parts IDAT chunks."""
+    bpp = 1 if pixels.ndim == 2 else 3
+    rows = pixels.reshape(pixels.shape[0], -1).astype(np.int32)
+    raw = bytearray()
+    for y, row in enumerate(rows):
+        kind = filters[y % len(filters)]
+        up = rows[y - 1] if y else np.zeros_like(row)
+        left = np.concatenate([np.zeros(bpp, np.int32), row[:-bpp]])
+        corner = np.concatenate([np.zeros(bpp, np.int32), up[:-bpp]])
+        if kind == 0:
+            predicted = np.zeros_like(row)
+        elif kind == 1:
+            predicted = left
+        elif kind == 2:
+            predicted = up
+        elif kind == 3:
+            predicted = (left + up) // 2
+        else:
+            estimate = left + up - corner
+            to_left, to_up, to_corner = abs(estimate - left), abs(estimate - up), abs(estimate - corner)
+            predicted = np.where((to_left <= to_up) & (to_left <= to_corner), left, np.where(to_up <= to_corner, up, corner))
+        raw += bytes([kind]) + ((row - predicted) % 256).astype(np.uint8).tobytes()
+    stream = zlib.compress(bytes(raw)) + stream_tail
+    step = -(-len(stream) // idat_parts)
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    header = struct.pack(">IIBBBBB", pixels.shape[1], height or pixels.shape[0], depth, 0 if bpp == 1 else 2, 0, 0, interlace)
+    body = b"".join(chunk(tag, data) for tag, data in chunks)
+    idat = b"".join(chunk(b"IDAT", stream[i : i + step]) for i in range(0, len(stream), step))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + body + idat + chunk(b"IEND", b"") + trailing
+
+
+@pytest.mark.parametrize("colour", [False, True])
+@pytest.mark.parametrize("filters", [(0,), (1,), (2,), (3,), (4,), (4, 3, 2, 1, 0)])
+def test_fast_png_path_gives_exactly_pillows_pixels(colour, filters):
+    rng = np.random.default_rng(len(filters) + 10 * colour)
+    pixels = rng.integers(0, 256, (12, 12, 3) if colour else (12, 12), dtype=np.uint8)
+    pixels[:, :6] //= 7  # smooth areas too, where the predictors matter
+    data = png_file(pixels, filters, idat_parts=1 + colour * 2, chunks=[(b"gAMA", struct.pack(">I", 45455))])
+    for channels in (1, 3):
+        fast = decode_plain_png(data, size=12, channels=channels)
+        assert fast is not None
+        np.testing.assert_array_equal(fast, decode_image(data, size=12, channels=channels))
+    expected = pixels.transpose(2, 0, 1) if colour else pixels[None]
+    np.testing.assert_array_equal(decode_plain_png(data, size=12, channels=3 if colour else 1), expected / np.float32(255))
+
+
+def test_fast_png_path_on_real_files(tmp_path):
+    """PNGs as Pillow (and the Fashion-MNIST export) write them take the fast path, same pixels."""
+    rng = np.random.default_rng(3)
+    for i, mode in enumerate(["L", "RGB", "L", "RGB"]):
+        shape = (28, 28) if mode == "L" else (28, 28, 3)
+        path = save(Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8) // (1 + i), mode), tmp_path / f"{i}.png")
+        data = path.read_bytes()
+        for channels in (1, 3):
+            out = np.empty((channels, 28, 28), np.float32)
+            assert decode_plain_png_into(data, out) == (1 if mode == "L" else 3)
+            np.testing.assert_array_equal(out, decode_image(path, size=28, channels=channels))
+
+
+def test_fast_png_path_leaves_everything_unusual_to_pillow():
+    pixels = np.random.default_rng(4).integers(0, 256, (8, 8), dtype=np.uint8)
+    plain = png_file(pixels, (4,))
+    assert decode_plain_png(plain, size=8, channels=1) is not None
+    unusual = {
+        "other size": (plain, 16),
+        "interlaced": (png_file(pixels, (0,), interlace=1), 8),
+        "transparency": (png_file(pixels, (0,), chunks=[(b"tRNS", b"\x00\x00")]), 8),
+        "text (may hold an orientation)": (png_file(pixels, (0,), chunks=[(b"tEXt", b"Comment\x00hi")]), 8),
+        "bytes after IEND": (png_file(pixels, (0,), trailing=b"junk"), 8),
+        "damaged CRC": (plain[:-5] + bytes([plain[-5] ^ 1]) + plain[-4:], 8),
+        "cut short": (plain[: len(plain) - 20], 8),
+        "not a PNG": (b"GIF89a" + plain, 8),
+        "bytes after the zlib stream": (png_file(pixels, (0,), stream_tail=b"more"), 8),
+        "rows beyond the header's height": (png_file(np.vstack([pixels, pixels[:1]]), (0,), height=8)[:], 8),
+        "16-bit": (png_file(pixels, (0,), depth=16), 8),
+    }
+    for name, (data, size) in unusual.items():
+        assert decode_plain_png(data, size=size, channels=1) is None, name
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_damaged_files_decode_the_same_through_the_reader(fmt):
+    """decode_into (fast path first) and decode_image agree on every damaged file: same pixels or
+    the same refusal."""
+    rng = np.random.default_rng(6)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(buffer, fmt)
+    original = buffer.getvalue()
+    for _ in range(60):
+        damaged = bytearray(original[: rng.integers(1, len(original) + 1)])
+        for position in rng.integers(0, len(damaged), size=rng.integers(0, 4)):
+            damaged[position] = rng.integers(0, 256)
+        out = np.empty((1, 16, 16), np.float32)
+        try:
+            expected = decode_image(bytes(damaged), size=16, channels=1)
+        except ImageDecodeError as error:
+            with pytest.raises(ImageDecodeError) as caught:
+                decode_into(bytes(damaged), out)
+            assert caught.value.reason == error.reason
+            continue
+        decode_into(bytes(damaged), out)
+        np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize(
+    "name, make, options",
+    [
+        ("gray.png", lambda: halves(20, 20), {}),
+        ("gray-resized.png", lambda: halves(40, 30), {}),
+        ("gray-alpha.png", lambda: halves(20, 20, mode="LA", left=(0, 0), right=(DARK, 200)), {}),
+        ("deep.png", lambda: Image.fromarray(np.asarray(halves(20, 20), dtype=np.uint16) * 257), {}),
+        ("bits.png", lambda: halves(20, 20).convert("1"), {}),
+        ("gray.jpg", lambda: halves(64, 48), {"quality": 90}),
+    ],
+)
+def test_grayscale_files_decoded_with_three_channels_hold_the_one_channel_pixels(tmp_path, name, make, options):
+    """What probe_channels relies on: a grayscale file decoded as RGB has its gray pixels in every channel."""
+    path = save(make(), tmp_path / name, **options)
+    colour, found = decode_image_with_channels(path, size=16, channels=3)
+    assert found == 1
+    gray = decode_image(path, size=16, channels=1)
+    for channel in range(3):
+        np.testing.assert_array_equal(colour[channel], gray[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# What a folder can hold (issue 14): recorded with a reason, never a hang
+
+
+@pytest.fixture
+def alarm():
+    """Fail a test that blocks (a FIFO opened for reading waits for a writer) instead of hanging."""
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("blocked"))
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+
+
+def test_scan_folder_records_what_is_not_an_image_file(tmp_path, alarm):
+    root = tmp_path / "root"
+    save(halves(), root / "b_real" / "1.png")
+    save(halves(), root / "album.png" / "2.png")
+    os.mkfifo(root / "pipe.png")
+    os.symlink(root / "missing.png", root / "dangling.png")
+    os.symlink("loop.png", root / "loop.png")
+    os.symlink(root / "b_real", root / "a_link")  # sorts first, yet the real folder keeps its name
+    os.symlink(root, root / "b_real" / "up")
+    os.mkfifo(root / "not_an_image.fifo")  # not named like an image: not looked at
+    bad_name = os.fsdecode(b"bad\xff.png")
+    save(halves(), root / os.fsdecode(b"x\xff") / bad_name)
+    listing = scan_folder(root)
+    assert [f.relpath for f in listing.files] == [
+        "album.png/2.png",
+        "b_real/1.png",
+        os.fsdecode(b"x\xff") + "/" + bad_name,
+    ]
+    assert listing.files[2].label == os.fsdecode(b"x\xff")
+    assert all(f.size == (root / f.relpath).stat().st_size for f in listing.files)
+    assert {s.relpath: s.reason for s in listing.skipped} == {
+        "a_link": "links to a folder listed already (b_real)",
+        "album.png": "is a folder, not an image file (its images are indexed)",
+        "b_real/up": "links to a folder listed already (the indexed folder itself)",
+        "dangling.png": "broken symbolic link (its target is missing)",
+        "loop.png": "symbolic link loop",
+        "pipe.png": "not a regular file (a FIFO)",
+    }
+    assert listing.unlisted == []
+
+
+def test_reader_refuses_what_is_not_a_regular_file_at_once(tmp_path, alarm):
+    """A FIFO put in an image's place after the listing: refused on open, never waited on."""
+    save(halves(), tmp_path / "a.png")
+    listed = list_images(tmp_path)
+    (tmp_path / "a.png").unlink()
+    os.mkfifo(tmp_path / "a.png")
+    (tmp_path / "b.png").mkdir()
+    shard = Shard(os.fspath(tmp_path), (listed[0], FolderImage("b.png", None)))
+    (batch,) = read_shard(shard, size=8, channels=1)
+    assert len(batch) == 0
+    assert [(s.relpath, s.reason) for s in batch.skipped] == [("a.png", "not a regular file (a FIFO)"), ("b.png", "is a directory")]
+    with pytest.raises(ImageDecodeError, match="not a regular file"):
+        decode_image(tmp_path / "a.png", size=8, channels=1)
+    with pytest.raises(ImageDecodeError, match="not a regular file"):
+        image_channels_of(tmp_path / "a.png")
+
+
+def test_files_over_the_size_cap_are_refused_unread(tmp_path):
+    save(halves(), tmp_path / "small.png")
+    with open(tmp_path / "huge.png", "wb") as file:
+        file.truncate(6 << 30)  # 6 GiB, sparse: nothing is written, and nothing may be read
+    files = list_images(tmp_path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    (batch,) = read_shard(make_shards(tmp_path, files, shard_size=10)[0], size=8, channels=1)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # kilobytes
+    assert [f.relpath for f in batch.files] == ["small.png"]
+    assert [(s.relpath, s.reason, s.size) for s in batch.skipped] == [
+        ("huge.png", "file too large: 6144.0 MiB (the limit is 64.0 MiB; see --max-file-size)", 6 << 30)
+    ]
+    small = (tmp_path / "small.png").stat().st_size
+    (batch,) = read_shard(make_shards(tmp_path, files, shard_size=10)[0], size=8, channels=1, max_file_size=small - 1)
+    assert [s.reason for s in batch.skipped] == [
+        f"file too large: 6144.0 MiB (the limit is {small - 1} bytes; see --max-file-size)",
+        f"file too large: {small} bytes (the limit is {small - 1} bytes; see --max-file-size)",
+    ]
+    with pytest.raises(ConfigError, match="file size limit"):
+        list(read_shard(make_shards(tmp_path, files, shard_size=10)[0], size=8, channels=1, max_file_size=0))
+
+
+def test_content_hash_of_a_large_file_is_streamed(tmp_path):
+    path = tmp_path / "big.png"
+    with open(path, "wb") as file:
+        file.truncate(300 << 20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    digest = hash_file(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # kilobytes, far below 300 MiB
+    expected = hashlib.blake2b(digest_size=16)
+    for _ in range(300):
+        expected.update(bytes(1 << 20))
+    assert digest == expected.hexdigest()
+    assert hash_file(tmp_path / "big.png") == digest and content_hash(b"abc") == hashlib.blake2b(b"abc", digest_size=16).hexdigest()
+
+
+def test_a_folder_that_cannot_be_listed_is_named(tmp_path):
+    save(halves(), tmp_path / "open" / "1.png")
+    save(halves(), tmp_path / "closed" / "2.png")
+    script = (
+        "import json, sys\n"
+        "from hashae.folders import scan_folder\n"
+        "listing = scan_folder(sys.argv[1])\n"
+        "print(json.dumps([[f.relpath for f in listing.files], [[s.relpath, s.reason] for s in listing.skipped], listing.unlisted]))\n"
+    )
+    with unlistable(tmp_path / "closed") as run_as:
+        result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60, **run_as)
+    assert result.returncode == 0, result.stderr
+    files, skipped, unlisted = json.loads(result.stdout)
+    assert files == ["open/1.png"]
+    assert skipped == [["closed", "cannot list the folder (Permission denied)"]]
+    assert unlisted == ["closed"]

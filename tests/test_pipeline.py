@@ -6,13 +6,20 @@ indexed_flat_folder), so only the tests that must train (--retrain, a fresh stor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import draw_images, image_paths, index_quietly, store_state, write_odd_files
+from conftest import LIBRARY_SIZE, draw_images, image_paths, index_quietly, store_state, write_odd_files
+from permissions import unlistable
 from typer.testing import CliRunner
 
 from hashae.cli.main import app
@@ -178,9 +185,10 @@ def test_incremental_add_modify_delete(library_copy):
         {key: hit[key] for key in ("id", "path", "distance")} for hit in hits
     ]
 
-    # A run with nothing to do changes nothing.
+    # A run with nothing to do changes nothing: no new generation either (issue 15).
     again = index_quietly(store, folder)
     assert (again.indexed, again.removed, again.unchanged) == (0, 0, len(after))
+    assert (again.committed, again.generation) == (False, summary.generation) and info_json(store)["generation"] == summary.generation
     assert store_state(store) == after
 
 
@@ -237,3 +245,149 @@ def test_changing_bits_needs_retrain(library_copy):
     result = CliRunner().invoke(app, ["index", str(folder), "--store", str(store), "--bits", "16", "-q"], catch_exceptions=False)
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "--retrain" in result.stderr, result.output
+
+
+# ------------------------------------------------------------------ one read, one decode per file
+COUNTING_RUN = r"""
+import collections, hashlib, json, sys
+folder, store = sys.argv[1], sys.argv[2]
+opened = collections.Counter()
+
+def audit(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0].startswith(folder + "/"):
+        opened[args[0][len(folder) + 1 :]] += 1
+
+sys.addaudithook(audit)
+import hashae.reader as reader
+
+decoded = collections.Counter()
+decode_into = reader.decode_into
+
+def counting_decode_into(data, out):
+    decoded[hashlib.blake2b(data, digest_size=16).hexdigest()] += 1
+    return decode_into(data, out)
+
+reader.decode_into = counting_decode_into
+from hashae.cli.main import app
+
+app(["index", folder, "--store", store, "--epochs", "1", "--device", "cpu", "-q", "--json", "--executor", "sequential"], standalone_mode=False)
+print(json.dumps({"opened": opened, "decoded": decoded}))
+"""
+
+
+def test_a_first_run_reads_and_decodes_each_file_once(tmp_path):
+    """Issue 10: training and encoding both take their pixels from one read of each file (the
+    channels are probed from decoded files too, not from headers read apart)."""
+    folder = tmp_path / "images"
+    draw_images(folder, 40, seed=2)
+    good, bad = write_odd_files(folder)
+    result = subprocess.run([sys.executable, "-c", COUNTING_RUN, str(folder), str(tmp_path / "store")],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary, counts = (json.loads(line) for line in result.stdout.splitlines()[-2:])
+    assert summary["trained"] and summary["indexed"] == 40 + len(good) and summary["skipped"] == len(bad)
+    files = sorted(image_paths(folder))
+    assert counts["opened"] == {path: 1 for path in files}
+    contents = Counter(hashlib.blake2b((folder / path).read_bytes(), digest_size=16).hexdigest() for path in files)
+    assert counts["decoded"] == dict(contents)
+
+
+# ---------------------------------------------------------------- what a folder can hold (issue 14)
+def test_odd_entries_are_recorded_and_odd_names_indexed(library_copy):
+    folder, store = library_copy
+    before = store_state(store)
+    os.mkfifo(folder / "pipe.png")
+    os.symlink(folder / "missing.png", folder / "dangling.png")
+    os.symlink("loop.png", folder / "loop.png")
+    draw_images(folder / "album.png", 2, seed=3, classes=False, prefix="inside")
+    with open(folder / "huge.png", "wb") as file:
+        file.truncate(6 << 30)  # sparse: refused by its size, never read
+    odd_folder, odd_file = os.fsdecode(b"x\xff"), os.fsdecode(b"bad\xfe.png")
+    draw_images(folder / odd_folder, 1, seed=4, classes=False)
+    shutil.copy(folder / odd_folder / "img_0000.png", folder / odd_file)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the index run blocked"))
+    signal.alarm(300)
+    try:
+        summary = index_quietly(store, folder)
+    finally:
+        signal.alarm(0)
+    added = {"album.png/inside_0000.png", "album.png/inside_0001.png", f"{odd_folder}/img_0000.png", odd_file}
+    assert (summary.indexed, summary.removed) == (len(added), 0)
+    state = store_state(store)
+    assert set(state) == set(before) | added
+    assert state[f"{odd_folder}/img_0000.png"][2] == odd_folder and state[odd_file][2] is None
+    assert skipped_reasons(store) == {
+        "album.png": "is a folder, not an image file (its images are indexed)",
+        "dangling.png": "broken symbolic link (its target is missing)",
+        "huge.png": "file too large: 6144.0 MiB (the limit is 64.0 MiB; see --max-file-size)",
+        "loop.png": "symbolic link loop",
+        "pipe.png": "not a regular file (a FIFO)",
+    }
+    result = CliRunner().invoke(app, ["query", "--id", str(state[odd_file][0]), "--store", str(store), "--json", "--radius", "0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert odd_file in {hit["path"] for hit in json.loads(result.stdout)["results"]}
+    again = index_quietly(store, folder)
+    assert (again.indexed, again.committed, again.generation) == (0, False, summary.generation)
+
+
+def test_items_of_a_folder_that_cannot_be_listed_are_kept(library_copy):
+    folder, store = library_copy
+    before = store_state(store)
+    hidden = sorted(path.name for path in folder.iterdir())[0]
+    draw_images(folder, 3, seed=8, prefix="new")
+    command = [sys.executable, "-m", "hashae.cli.main", "index", str(folder), "--store", str(store), "-q", "--json", "--executor", "sequential"]
+    with unlistable(folder / hidden) as run_as:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, **run_as)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["indexed"], summary["removed"]) == (3, 0)
+    assert set(store_state(store)) == set(before) | set(image_paths(folder))
+    assert skipped_reasons(store) == {hidden: "cannot list the folder (Permission denied)"}
+    summary = index_quietly(store, folder)  # listed again: the note goes, the items never went
+    assert (summary.indexed, summary.removed) == (0, 0) and skipped_reasons(store) == {}
+
+
+def test_max_file_size_option(library_copy):
+    folder, store = library_copy
+    draw_images(folder, 2, seed=12, prefix="new")
+    result = CliRunner().invoke(app, ["index", str(folder), "--store", str(store), "-q", "--json", "--max-file-size", "0.00005"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["skipped"] == 2  # the items already there are not read again
+    assert all(reason.startswith("file too large") and "the limit is 52 bytes" in reason for reason in skipped_reasons(store).values())
+
+
+# ------------------------------------------------------------------------------ the store's folder
+def test_a_store_refuses_another_folder_unless_repointed(library_copy, tmp_path):
+    folder, store = library_copy
+    index_quietly(store, folder)  # the copy of the store records the copy of its folder
+    other = tmp_path / "other"
+    draw_images(other, 4, seed=21)
+    result = CliRunner().invoke(app, ["index", str(other), "--store", str(store), "-q"], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert str(folder.resolve()) in result.stderr and "--repoint" in result.stderr and "--store" in result.stderr
+    summary = index_quietly(store, other, repoint=True)
+    assert (summary.indexed, summary.removed) == (4, LIBRARY_SIZE)
+    assert set(store_state(store)) == image_paths(other)
+    assert info_json(store)["items"] == 4
+
+
+def test_a_relative_store_path(library_copy, monkeypatch):
+    folder, store = library_copy
+    monkeypatch.chdir(folder.parent)
+    shutil.rmtree(store)
+    draw_images(folder, 1, seed=30, prefix="extra")
+    summary = index_quietly(Path("store"), Path("images"))
+    assert summary.trained and summary.indexed == LIBRARY_SIZE + 1
+    assert_models_load_and_encode_to_the_stored_codes(folder, store)
+
+
+# ------------------------------------------------------------------------------------ models (issue 14)
+def test_retrain_works_whatever_state_the_old_models_are_in(library_copy):
+    folder, store = library_copy
+    shutil.rmtree(store / "models")
+    result = CliRunner().invoke(app, ["index", str(folder), "--store", str(store), "-q"], catch_exceptions=False)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "--retrain" in result.stderr, result.stderr
+    summary = index_quietly(store, folder, retrain=True)
+    assert summary.trained and summary.indexed == LIBRARY_SIZE
+    assert_models_load_and_encode_to_the_stored_codes(folder, store)
