@@ -1,4 +1,5 @@
-"""The classic hash functions the learned codes are measured against: LSH, PCAH and ITQ, through FAISS.
+"""The classic hash functions the learned codes are measured against: LSH, PCAH and ITQ through FAISS,
+and two learned peers implemented here from their papers, AGH and SGH.
 
 Each method is a short chain of FAISS vector transforms fitted on the training data (the database,
 never the queries), followed by the sign: bit j is 1 when projection j >= 0 (FAISS's own rule in
@@ -16,6 +17,18 @@ packing is not left to it.
 - itq: faiss.ITQTransform(d, nbits, do_pca=True): centring, L2 normalisation, PCA to nbits, then
   the ITQ rotation (50 iterations from a random rotation seeded with `seed`). FAISS fits it on at
   most max(10 d, 32768) training vectors, a subsample it draws with its own fixed seed.
+- agh: Anchor Graph Hashing, one layer (Liu, Wang, Kumar, Chang, "Hashing with Graphs", ICML 2011).
+  m = 300 anchors by k-means (faiss.Kmeans, seeded); each item's row z(x) of the truncated anchor
+  graph keeps its s = 2 nearest anchors with weights exp(-d^2 / t), normalised to sum 1, t the
+  mean squared distance to the s-th nearest anchor; with Lambda = diag(Z^T 1) the r eigenvectors V
+  of M = Lambda^-1/2 Z^T Z Lambda^-1/2 after the trivial one, eigenvalues S, give the projection
+  W = sqrt(n) Lambda^-1/2 V S^-1/2 (m, r); bit j = z(x) W_j >= 0 (the paper's out-of-sample rule).
+- sgh: Stochastic Generative Hashing, linear (Dai, Guo, Kumar, He, Song, ICML 2017): an encoder
+  q(h|x) = Bernoulli(sigmoid(W^T (x - mean) + b)) and a linear Gaussian decoder x ~ N(U h + c, I),
+  trained on the minimum-description-length objective (reconstruction error plus the KL divergence
+  of q from the uniform bit prior) with binary stochastic neurons h = [sigmoid(.) > u], u ~ U(0, 1),
+  whose gradient is the paper's distributional derivative (the sigmoid's gradient passed through
+  the sample); bit j = sigmoid(.) >= 1/2, i.e. projection j >= 0.
 """
 
 from __future__ import annotations
@@ -25,11 +38,18 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+from typing import Protocol
 
 from hashae.codes import check_nbits, pack_bits
 from hashae.errors import ConfigError, DataError
 
 ENCODE_BATCH_ROWS = 16384  # rows projected at a time: bounds FAISS's temporary copies
+
+
+class Projection(Protocol):
+    """A fitted projection step: FAISS's VectorTransform or one of this module's own."""
+
+    def apply(self, x: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,7 +59,7 @@ class HashFunction:
     method: str
     nbits: int
     dim: int
-    transforms: Sequence[faiss.VectorTransform]
+    transforms: Sequence[Projection]
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """The real-valued projections (n, nbits) float32 whose signs are the bits."""
@@ -92,17 +112,111 @@ def _fit_itq(x: np.ndarray, nbits: int, seed: int) -> list[faiss.VectorTransform
     return [itq]
 
 
+AGH_ANCHORS, AGH_NEAREST = 300, 2
+KMEANS_ITERATIONS = 20
+
+
+@dataclass(frozen=True, eq=False)
+class AnchorGraphProjection:
+    """AGH's out-of-sample projection: the truncated anchor-graph row z(x) (n, m) times W (m, r)."""
+
+    anchors: np.ndarray  # (m, d) float32
+    bandwidth: float  # t of exp(-d^2 / t)
+    weights: np.ndarray  # (m, r) float32
+    nearest: int = AGH_NEAREST
+
+    def graph_rows(self, x: np.ndarray) -> np.ndarray:
+        """Z (n, m): each row the normalised kernel weights of its `nearest` anchors, zeros elsewhere."""
+        index = faiss.IndexFlatL2(self.anchors.shape[1])
+        index.add(self.anchors)
+        distances, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), self.nearest)  # (n, s)
+        kernel = np.exp(-(distances - distances[:, :1]) / self.bandwidth)  # shifted: same ratios, no underflow
+        kernel /= kernel.sum(axis=1, keepdims=True)
+        rows = np.zeros((len(x), len(self.anchors)), dtype=np.float32)
+        np.put_along_axis(rows, ids, kernel.astype(np.float32), axis=1)
+        return rows
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return self.graph_rows(x) @ self.weights  # (n, r)
+
+
+@dataclass(frozen=True, eq=False)
+class AffineProjection:
+    """(x - mean) @ weights + bias: SGH's encoder pre-activation, its sign the bit."""
+
+    mean: np.ndarray  # (d,)
+    weights: np.ndarray  # (d, r)
+    bias: np.ndarray  # (r,)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) @ self.weights + self.bias).astype(np.float32)
+
+
+def _fit_agh(x: np.ndarray, nbits: int, seed: int) -> list[Projection]:
+    anchors_count = min(AGH_ANCHORS, len(x))
+    if nbits >= anchors_count:
+        raise ConfigError(f"agh gives fewer bits than anchors ({anchors_count}), asked for {nbits}: use more training data")
+    kmeans = faiss.Kmeans(x.shape[1], anchors_count, niter=KMEANS_ITERATIONS, seed=seed)
+    kmeans.train(x)
+    anchors = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(anchors)
+    distances, _ = index.search(x, AGH_NEAREST)
+    bandwidth = max(float(distances[:, -1].mean()), 1e-12)
+    unweighted = AnchorGraphProjection(anchors, bandwidth, np.zeros((anchors_count, 0), np.float32))
+    z = unweighted.graph_rows(x).astype(np.float64)  # (n, m)
+    degree = np.maximum(z.sum(axis=0), 1e-12)  # Lambda's diagonal (m,)
+    scaled = z / np.sqrt(degree)
+    values, vectors = np.linalg.eigh(scaled.T @ scaled)  # ascending; the largest (1) is the trivial one
+    order = np.argsort(values)[::-1][1 : nbits + 1]
+    values, vectors = np.maximum(values[order], 1e-12), vectors[:, order]
+    weights = np.sqrt(len(x)) * vectors / np.sqrt(degree)[:, None] / np.sqrt(values)[None, :]
+    return [AnchorGraphProjection(anchors, bandwidth, weights.astype(np.float32))]
+
+
+SGH_EPOCHS, SGH_BATCH, SGH_LR = 30, 256, 1e-3
+
+
+def _fit_sgh(x: np.ndarray, nbits: int, seed: int) -> list[Projection]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    mean = x.mean(axis=0)
+    data = torch.from_numpy(np.ascontiguousarray(x - mean, dtype=np.float32))  # (n, d)
+    d = data.shape[1]
+    encoder_w = torch.nn.Parameter(0.01 * torch.randn(d, nbits, generator=generator))
+    encoder_b = torch.nn.Parameter(torch.zeros(nbits))
+    decoder_u = torch.nn.Parameter(0.01 * torch.randn(nbits, d, generator=generator))
+    decoder_c = torch.nn.Parameter(torch.zeros(d))
+    optimizer = torch.optim.Adam([encoder_w, encoder_b, decoder_u, decoder_c], lr=SGH_LR)
+    for _ in range(SGH_EPOCHS):
+        for rows in torch.randperm(len(data), generator=generator).split(SGH_BATCH):
+            batch = data[rows]
+            q = torch.sigmoid(batch @ encoder_w + encoder_b)  # (B, r)
+            sample = (q > torch.rand(q.shape, generator=generator)).to(q.dtype)
+            h = q + (sample - q).detach()  # binary stochastic neuron, gradient through the sigmoid
+            reconstruction = 0.5 * (batch - h @ decoder_u - decoder_c).pow(2).sum(1).mean()
+            q = q.clamp(1e-6, 1 - 1e-6)
+            kl_to_fair_bits = (q * q.log() + (1 - q) * (1 - q).log() + np.log(2.0)).sum(1).mean()
+            optimizer.zero_grad()
+            (reconstruction + kl_to_fair_bits).backward()
+            optimizer.step()
+    return [AffineProjection(mean.astype(np.float32), encoder_w.detach().numpy().copy(), encoder_b.detach().numpy().copy())]
+
+
 # method -> (fitter, needs nbits <= input dimension)
 _FITTERS: dict[str, tuple[Callable[[np.ndarray, int, int], list[faiss.VectorTransform]], bool]] = {
     "lsh": (_fit_lsh, False),
     "pcah": (_fit_pcah, True),
     "itq": (_fit_itq, True),
+    "agh": (_fit_agh, False),
+    "sgh": (_fit_sgh, False),
 }
 METHODS = tuple(_FITTERS)
 
 
 def fit_hash(method: str, x_train: np.ndarray, *, nbits: int, seed: int = 0) -> HashFunction:
-    """Fit a classic hash function ("lsh", "pcah" or "itq") of nbits bits on float vectors (n, d).
+    """Fit a hash function ("lsh", "pcah", "itq", "agh" or "sgh") of nbits bits on float vectors (n, d).
 
     Deterministic given seed. Raises ConfigError for an unknown method or a bad nbits, DataError for
     unusable training data.

@@ -88,3 +88,53 @@ def test_bad_sizes_and_inputs_are_refused(images):
         fit_hash("pcah", (images * 255).astype(np.uint8), nbits=16)
     with pytest.raises(DataError, match=f"{DIM}-dimensional"):
         fit_hash("lsh", images, nbits=16).encode(images[:, :100])
+
+
+# ---------------------------------------------------------------------------------- AGH and SGH
+def clustered(n_per_cluster: int = 150, clusters: int = 10, dim: int = 64, seed: int = 0):
+    """Gaussian clusters float32 (n, dim) with their labels (n,): a small set where a learned hash
+    should keep same-cluster items close."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1.0, (clusters, dim))
+    labels = np.repeat(np.arange(clusters), n_per_cluster)
+    x = centres[labels] + rng.normal(0, 0.6, (len(labels), dim))
+    return x.astype(np.float32), labels
+
+
+def mean_precision_at(codes: np.ndarray, labels: np.ndarray, k: int = 50) -> float:
+    """Mean share of same-label items among each item's k nearest codes (itself left out)."""
+    bits = unpack_bits(codes).astype(np.int32)
+    distances = (bits[:, None, :] != bits[None, :, :]).sum(-1) + np.eye(len(bits), dtype=np.int32) * 10**6
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return float((labels[order] == labels[:, None]).mean())
+
+
+@pytest.mark.parametrize("method", ["agh", "sgh"])
+def test_learned_peers_beat_lsh_on_clustered_data(method):
+    x, labels = clustered()
+    lsh = mean_precision_at(fit_hash("lsh", x, nbits=16).encode(x), labels)
+    learned = mean_precision_at(fit_hash(method, x, nbits=16).encode(x), labels)
+    assert learned > lsh + 0.05, (learned, lsh)
+
+
+@pytest.mark.parametrize("method", ["agh", "sgh"])
+def test_learned_peers_are_deterministic_and_shaped(method):
+    x, _ = clustered(n_per_cluster=40)
+    first, again = fit_hash(method, x, nbits=32, seed=3), fit_hash(method, x, nbits=32, seed=3)
+    assert first.project(x).shape == (len(x), 32)
+    np.testing.assert_array_equal(first.encode(x), again.encode(x))
+    assert first.encode(x[:5]).shape == (5, 4)
+
+
+def test_agh_rows_of_the_anchor_graph_keep_two_anchors_summing_to_one():
+    x, _ = clustered(n_per_cluster=40)
+    (projection,) = fit_hash("agh", x, nbits=16).transforms
+    rows = projection.graph_rows(x)
+    assert rows.shape == (len(x), 300) and ((rows > 0).sum(1) <= 2).all()
+    np.testing.assert_allclose(rows.sum(1), 1.0, rtol=1e-5)
+
+
+def test_agh_needs_fewer_bits_than_anchors():
+    x, _ = clustered(n_per_cluster=2)
+    with pytest.raises(ConfigError, match="anchors"):
+        fit_hash("agh", x, nbits=32)

@@ -23,6 +23,7 @@ class TrainedEncoder:
     encoder: InferenceEncoder
     train_s: float
     folder: Path
+    code_stats: dict | None = None  # FitResult's code statistics (saturation, flips, balance, entropy)
 
     def codes(self, x: np.ndarray) -> np.ndarray:
         """Packed codes uint8 (n, bits/8) of images (n, C, H, W), each bit decided as the encoder
@@ -54,4 +55,5 @@ def train_encoder(
     name = f"{kind} ({code_size}) on {len(x)} items"
     fitted = fit_default(kind, x, code_size=code_size, epochs=epochs, quality=quality, seed=seed, report=report, name=name)
     directory = checkpoint.save(fitted.model, Path(folder) / f"{kind}-{code_size}")
-    return TrainedEncoder(InferenceEncoder.load(directory), fitted.history.seconds, directory)
+    code_stats = fitted.summary().get("code_stats")
+    return TrainedEncoder(InferenceEncoder.load(directory), fitted.history.seconds, directory, code_stats)

@@ -18,7 +18,8 @@ from hashae.errors import ConfigError, DataError
 
 VARIANTS = ("linear", "undercomplete", "sparse", "denoising", "contractive")
 FLOATS = ("vae", "pixels")
-ALL_METHODS = (*BASELINES, "hashing", "hybrid", *VARIANTS, *FLOATS)
+RECIPES = ("seed",)  # hashae.recipes.RECIPES: the seed's plain noisy-sigmoid recipe
+ALL_METHODS = (*BASELINES, "hashing", *RECIPES, "hybrid", *VARIANTS, *FLOATS)
 
 
 @dataclass(frozen=True)
