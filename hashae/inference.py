@@ -6,7 +6,9 @@ exactly the code it was indexed with (distance 0).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,13 @@ from hashae.errors import CheckpointError
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 FORMAT_VERSION = 1
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+
+# Bounds a config must keep before anything is built from it: a tampered or mistyped input_shape
+# would otherwise ask for terabytes (a Linear layer of input values x hidden units).
+MAX_INPUT_DIMS = 3  # (features,) or (channels, height, width)
+MAX_INPUT_VALUES = 1 << 24  # 16.8M values in one input: 4096 x 4096 x 1, 2365 x 2365 x 3
+WEIGHT_DTYPE = np.float32  # every tensor hashae saves is float32
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -35,7 +44,62 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a hashae checkpoint config (fields missing)")
     if document["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format version {document['format_version']!r}, this hashae reads {FORMAT_VERSION}")
+    if isinstance(document["config"], dict) and "input_shape" in document["config"]:
+        check_input_shape(document["config"]["input_shape"], where=path)
     return document
+
+
+def check_input_shape(shape: Any, *, where: Path | str) -> tuple[int, ...]:
+    """shape as a tuple of 1 to MAX_INPUT_DIMS positive ints holding at most MAX_INPUT_VALUES values;
+    CheckpointError naming `where` otherwise (so a huge shape is refused before any allocation)."""
+    if not isinstance(shape, (list, tuple)) or not shape or len(shape) > MAX_INPUT_DIMS:
+        raise CheckpointError(f"{where}: input_shape must be a list of 1 to {MAX_INPUT_DIMS} sizes, got {shape!r}")
+    if not all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in shape):
+        raise CheckpointError(f"{where}: input_shape must hold positive integers, got {shape!r}")
+    if math.prod(shape) > MAX_INPUT_VALUES:
+        raise CheckpointError(
+            f"{where}: input_shape {list(shape)} holds {math.prod(shape):,} values per input, more than hashae "
+            f"takes ({MAX_INPUT_VALUES:,}); the file is damaged or not made by hashae"
+        )
+    return tuple(shape)
+
+
+def check_tensor_values(name: str, tensor: np.ndarray, *, where: Path | str) -> None:
+    """A saved tensor must be float32 and finite; CheckpointError naming the file and tensor otherwise."""
+    if tensor.dtype != WEIGHT_DTYPE:
+        raise CheckpointError(f"{where}: tensor {name} is {tensor.dtype}, hashae saves float32 (damaged or foreign weights)")
+    if not np.isfinite(tensor).all():
+        raise CheckpointError(f"{where}: tensor {name} holds NaN or infinite values (damaged weights); retrain the model")
+
+
+# ------------------------------------------------------------------------------------ digests
+def checkpoint_digests(directory: Path) -> dict[str, str]:
+    """blake2b hex digests of the checkpoint's files that exist, by file name (what a store records
+    beside a model, so a changed or damaged file is found before it makes wrong codes)."""
+    found = {}
+    for name in CHECKPOINT_FILES:
+        path = Path(directory) / name
+        if path.is_file():
+            found[name] = file_digest(path)
+    return found
+
+
+def file_digest(path: Path) -> str:
+    """blake2b hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.blake2b()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint_digests(directory: Path, recorded: dict[str, str], *, fix: str) -> None:
+    """Compare a checkpoint's files with the digests recorded for them; CheckpointError naming the
+    first that differs and `fix` (what to do). A missing file is left to the loader to report."""
+    for name, expected in sorted(recorded.items()):
+        path = Path(directory) / name
+        if path.is_file() and file_digest(path) != expected:
+            raise CheckpointError(f"{path}: changed since the store recorded it (damaged or replaced); {fix}")
 
 
 def load_weights(directory: Path) -> dict[str, np.ndarray]:
@@ -76,7 +140,7 @@ class InferenceEncoder:
             self.embedding_activation = ACTIVATIONS[spec["embedding_activation"]]
             self.bits_activation = ACTIVATIONS[spec["bits_activation"]]
             unknown = sorted({str(layer["op"]) for layer in self.layers} - ENCODER_OPS)
-            tuple(self.config["input_shape"])  # the config must say what inputs the encoder takes
+            check_input_shape(self.config["input_shape"], where=config_file)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise CheckpointError(f"{config_file}: invalid inference spec ({type(error).__name__}: {error})") from None
         if unknown:
@@ -92,6 +156,34 @@ class InferenceEncoder:
             }
         except KeyError as error:
             raise CheckpointError(f"{weights_file}: lacks tensor {error}") from None
+        for name, tensor in weights.items():
+            check_tensor_values(name, tensor, where=weights_file)
+        self._check_shapes(weights_file)
+
+    def _check_shapes(self, weights_file: Path) -> None:
+        """Every tensor fits the config: normalisation broadcasts to an input, each layer takes what
+        the one before gives (one zero input run through), the code has code_size units; a
+        mismatch is one line naming the weights file here, never a matmul error at query time."""
+        try:
+            if np.broadcast_shapes(self.input_mean.shape, self.input_scale.shape, self.input_shape) != self.input_shape:
+                raise ValueError(f"input_mean {self.input_mean.shape} / input_scale {self.input_scale.shape} do not fit inputs {self.input_shape}")
+            for index, (weight, bias) in self.params.items():
+                if weight.ndim not in (2, 4) or bias.shape != weight.shape[:1]:
+                    raise ValueError(f"layer {index}: weight {weight.shape} and bias {bias.shape} do not make a layer")
+            h = np.zeros((1, *self.input_shape), dtype=np.float32)
+            if self.layers and self.layers[0]["op"] == "linear":
+                h = h.reshape(1, -1)
+            for index, layer in enumerate(self.layers):
+                try:
+                    h = self._apply(index, layer, h)
+                except ValueError:
+                    weight = self.params.get(index, (np.empty(0),))[0]
+                    raise ValueError(f"layer encoder.{index} of weight shape {weight.shape} does not take the {h.shape[1:]} values before it") from None
+            out = h[:, : self.code_size]
+            if out.shape != (1, self.code_size) or self.bit_threshold.shape not in ((), (self.code_size,)):
+                raise ValueError(f"the encoder gives {out.shape[1]} units and {self.bit_threshold.shape} thresholds for a code of {self.code_size}")
+        except (ValueError, IndexError, TypeError) as error:
+            raise CheckpointError(f"{weights_file}: tensor shapes do not fit the config ({str(error).splitlines()[0]})") from None
 
     @classmethod
     def load(cls, directory: Path) -> InferenceEncoder:

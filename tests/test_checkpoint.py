@@ -168,6 +168,39 @@ def _unknown_encoder_op(folder: Path, marker: Path) -> None:
     _edit_config(folder, lambda doc: doc["inference"]["encoder"].append({"op": "eval", "code": "print(1)"}))
 
 
+def _wrong_tensor_shape(folder: Path, marker: Path) -> None:
+    """A layer of another width: loads as safetensors, used to crash the first query in a matmul."""
+    def edit(state: dict) -> None:
+        state["encoder.0.weight"] = torch.ones(17, INPUT_DIM)
+        state["encoder.0.bias"] = torch.ones(17)
+    _edit_weights(folder, edit)
+
+
+def _int8_weights(folder: Path, marker: Path) -> None:
+    _edit_weights(folder, lambda state: state.update({"encoder.0.weight": state["encoder.0.weight"].to(torch.int8)}))
+
+
+def _nan_weights(folder: Path, marker: Path) -> None:
+    def edit(state: dict) -> None:
+        state["encoder.0.weight"][0, 0] = float("nan")
+    _edit_weights(folder, edit)
+
+
+def _infinite_threshold(folder: Path, marker: Path) -> None:
+    def edit(state: dict) -> None:
+        state["bit_threshold"][0] = float("inf")
+    _edit_weights(folder, edit)
+
+
+def _huge_input_shape(folder: Path, marker: Path) -> None:
+    """Read as is, this config asks for a 40 TB first layer."""
+    _edit_config(folder, lambda doc: doc["config"].update(input_shape=[3, 100_000, 100_000]))
+
+
+def _four_dimensional_input(folder: Path, marker: Path) -> None:
+    _edit_config(folder, lambda doc: doc["config"].update(input_shape=[1, 1, 4, 5]))
+
+
 BOTH = ("torch", "numpy")
 # name -> (tamper, file the message must name, loaders that must refuse it, extra words in the message)
 BAD_FOLDERS = {
@@ -188,6 +221,12 @@ BAD_FOLDERS = {
     "config not an object": (_config_not_an_object, CONFIG_FILE, BOTH, []),
     "config of wrong type": (_config_of_wrong_type, CONFIG_FILE, ("torch",), []),
     "shapes disagree with config": (_shapes_disagree_with_config, WEIGHTS_FILE, ("torch",), ["shape"]),
+    "wrong tensor shape": (_wrong_tensor_shape, WEIGHTS_FILE, BOTH, ["encoder.", "shape"]),
+    "int8 weights": (_int8_weights, WEIGHTS_FILE, BOTH, ["encoder.0.weight", "int8", "float32"]),
+    "NaN weights": (_nan_weights, WEIGHTS_FILE, BOTH, ["encoder.0.weight", "NaN"]),
+    "infinite threshold": (_infinite_threshold, WEIGHTS_FILE, BOTH, ["bit_threshold"]),
+    "huge input shape": (_huge_input_shape, CONFIG_FILE, BOTH, ["input_shape", "30,000,000,000"]),
+    "four-dimensional input": (_four_dimensional_input, CONFIG_FILE, BOTH, ["input_shape"]),
     "unknown activation": (_unknown_activation, CONFIG_FILE, ("numpy",), ["tanh"]),
     "unknown encoder op": (_unknown_encoder_op, CONFIG_FILE, ("numpy",), ["eval"]),
 }
@@ -234,3 +273,55 @@ def test_the_payloads_are_armed(tmp_path: Path) -> None:
     renamed.write_bytes((tmp_path / WEIGHTS_FILE).read_bytes())
     torch.load(renamed, weights_only=False)  # the unsafe call hashae never makes
     assert marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# tensors checked at load, digests
+
+
+def test_a_wrong_shape_fails_at_load_not_at_the_first_query(saved: Path) -> None:
+    """The numpy encoder checks shapes through the whole chain at load: a weights file whose first
+    layer is narrower than the second layer expects is refused before any query."""
+    def edit(state: dict) -> None:
+        state["encoder.0.weight"] = state["encoder.0.weight"][:8].clone()
+        state["encoder.0.bias"] = state["encoder.0.bias"][:8].clone()
+    _edit_weights(saved, edit)
+    for loader in LOADERS.values():
+        with pytest.raises(CheckpointError, match="shape") as caught:
+            loader(saved)
+        assert "\n" not in str(caught.value) and str(saved / WEIGHTS_FILE) in str(caught.value)
+
+
+def test_a_huge_input_shape_is_refused_before_any_allocation(saved: Path) -> None:
+    """`hashae generate` on a config asking for a 40 TB layer: one line, at once, in a process
+    that may not even map 4 GiB (so no allocation of that size was tried)."""
+    import subprocess
+    import sys
+
+    _huge_input_shape(saved, saved)
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+        "from hashae.cli.main import main\n"
+        f"sys.argv = ['hashae', 'generate', '--model', {str(saved)!r}, '--out', {str(saved.parent / 'g.png')!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "input_shape" in lines[0] and str(saved / CONFIG_FILE) in lines[0], done.stderr
+
+
+def test_digests_name_the_changed_file(saved: Path) -> None:
+    from hashae.inference import checkpoint_digests, verify_checkpoint_digests
+
+    recorded = checkpoint_digests(saved)
+    assert sorted(recorded) == sorted([CONFIG_FILE, WEIGHTS_FILE])
+    verify_checkpoint_digests(saved, recorded, fix="retrain")  # unchanged: nothing raised
+    data = bytearray((saved / WEIGHTS_FILE).read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte in a tensor: still a valid safetensors file
+    (saved / WEIGHTS_FILE).write_bytes(bytes(data))
+    InferenceEncoder.load(saved)  # loads: only the digest can tell
+    with pytest.raises(CheckpointError, match="changed since the store recorded it") as caught:
+        verify_checkpoint_digests(saved, recorded, fix="run `hashae index FOLDER --retrain`")
+    assert str(saved / WEIGHTS_FILE) in str(caught.value) and "--retrain" in str(caught.value)
