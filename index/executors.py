@@ -22,15 +22,17 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import Protocol, TypeVar
 
 from hashae.errors import ConfigError
 
 EXECUTORS = ("auto", "sequential", "processes")
-TASKS_IN_FLIGHT_PER_WORKER = 2  # queued work per worker: enough to never idle, little memory held
+TASKS_IN_FLIGHT_PER_WORKER = 4  # queued work per worker: never idle while a batch is written, little memory held
 WORKER_PRELOAD = "hashae.index.worker"  # what the worker server process imports before forking workers
 
 Item = TypeVar("Item")
@@ -115,10 +117,13 @@ class ProcessExecutor:
         self.close()
 
     def _started(self) -> ProcessPoolExecutor:
+        """The pool, with all its workers started (so none is started later, see _without_main_module)."""
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=_worker_context(), initializer=_ignore_interrupts
-            )
+            pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_worker_context(), initializer=_ignore_interrupts)
+            with _without_main_module():
+                for started in [pool.submit(os.getpid) for _ in range(self.workers)]:
+                    started.result()
+            self._pool = pool
         return self._pool
 
 
@@ -165,6 +170,28 @@ def _worker_context() -> multiprocessing.context.BaseContext:
         context.set_forkserver_preload([WORKER_PRELOAD])
         return context
     return multiprocessing.get_context("spawn")
+
+
+@contextmanager
+def _without_main_module() -> Iterator[None]:
+    """Start processes that do not import the caller's __main__.
+
+    multiprocessing makes every new process import the main module (so that functions defined in a
+    script can be tasks): a script or notebook that imports torch would bring torch into every
+    worker, and the CLI's modules would be imported again in each. Tasks here are hashae's own
+    (importable by name), so the main module is hidden from multiprocessing while workers start.
+    """
+    main = sys.modules.get("__main__")
+    saved = {name: getattr(main, name) for name in ("__spec__", "__file__") if hasattr(main, name)}
+    try:
+        if main is not None:
+            main.__spec__ = None
+            if "__file__" in saved:
+                del main.__file__
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
 
 
 def _ignore_interrupts() -> None:

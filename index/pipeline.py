@@ -171,6 +171,7 @@ class _Run:
         self.root = listing.root
         self.batch_size = options.batch_size or ENCODE_BATCH  # read now: tests change ENCODE_BATCH
         self.reader_settings = dict(max_file_size=options.max_file_size)
+        self.skipped_before: set[str] = set()  # paths recorded as skipped when the run began
 
     def run(self) -> None:
         store, writer, options = self.store, self.writer, self.options
@@ -183,7 +184,9 @@ class _Run:
             asked = _asked_settings(current, options, training=training)
             stage = None if training else _load_stage(store, models)
             plan = plan_changes(self.root, self.listing, live)
-            writer.record_skipped(_skip_entries(self.listing.skipped))
+            self.skipped_before = {item.path for item in store.skipped()}
+            if self.listing.skipped:
+                writer.record_skipped(_skip_entries(self.listing.skipped))
         self.summary.unchanged = 0 if training else len(plan.unchanged)
         self.summary.removed = len(plan.gone)
         to_encode = self.listing.files if training else plan.to_add
@@ -272,7 +275,9 @@ class _Run:
         rows = [NewItem(f.relpath, f.size, f.mtime_ns, f.content_hash, f.label) for f in encoded.files]
         if rows:
             self.writer.add_items(rows, encoded.codes, encoded.latents)
-            self.writer.clear_skipped([row.path for row in rows])
+            fixed = [row.path for row in rows if row.path in self.skipped_before]
+            if fixed:
+                self.writer.clear_skipped(fixed)
         if encoded.skipped:
             self.writer.record_skipped(_skip_entries(encoded.skipped))
         self.summary.indexed += len(rows)

@@ -142,3 +142,19 @@ def test_index_with_processes_equals_index_in_this_process(indexed_library, tmp_
     (state_a, latents_a, skipped_a), (state_b, latents_b, skipped_b) = results.values()
     assert state_a == state_b and skipped_a == skipped_b
     np.testing.assert_array_equal(latents_a, latents_b)
+
+
+def test_workers_of_a_script_that_imports_torch_do_not(tmp_path):
+    """multiprocessing would make each worker import the calling script (and so torch): not ours."""
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "import torch, sys\n"
+        "from hashae.index.executors import ProcessExecutor\n"
+        "probe = \"('torch' in __import__('sys').modules, hasattr(__import__('sys').modules['__mp_main__'], 'probe'))\"\n"
+        "with ProcessExecutor(workers=2) as executor:\n"
+        "    print(sorted(set(executor.map(eval, [probe] * 8))))\n"
+        "print(hasattr(sys.modules['__main__'], '__file__'))\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[(False, False)]", "True"]
