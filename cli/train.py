@@ -85,14 +85,16 @@ def train(
     limit: int = typer.Option(None, "--limit", help="Train on the first N items only.", min=2),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights, the split, the batch order and the noise."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    nproc: int = typer.Option(1, "--nproc", help="Training processes on this machine (torch DDP: gloo on CPU, nccl with one GPU each); the batch size stays the whole batch. Under torchrun leave it at 1.", min=1),
     quiet: bool = QuietOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Train one autoencoder and save it as a checkpoint folder.
 
     The folder holds config.json and weights.safetensors; `hashae generate` and `hashae inspect` read it.
+    With --nproc N (or under torchrun) N processes train it together and one writes it.
     """
-    from hashae import checkpoint
+    from hashae import checkpoint, distributed
     from hashae.cli.progress import reporter
     from hashae.datasets import load_source
     from hashae.recipes import fit, with_epochs
@@ -106,8 +108,10 @@ def train(
         dataset = dataset.subset(slice(0, limit))
     config = make_config(variant, input_shape=dataset.input_shape, **fields)
     train_config = with_epochs(train_config, epochs, len(dataset.x))
-    with reporter(quiet) as report:
-        result = fit(config, dataset.x, train_config, report=report)
+    with reporter(quiet or not distributed.main_process()) as report:
+        result = distributed.run(fit, args=(config, dataset.x, train_config), nproc=nproc, device=device, report=report)
+    if not distributed.main_process():
+        return  # a torchrun rank other than 0: rank 0 writes and prints
     summary = {**result.summary(), "items": len(dataset.x), "out": str(out)}
     source = source_info(data, image_size=image_size, channels=channels)
     checkpoint.save(result.model, out, info={"history": result.history.epochs, "source": source, **summary})

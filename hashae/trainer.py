@@ -1,8 +1,16 @@
-"""The one trainer. It reads only `Output.loss` and logs `Output.terms`; it knows no variant by name."""
+"""The one trainer. It reads only `Output.loss` and logs `Output.terms`; it knows no variant by name.
+
+Inside a torch.distributed process group (hashae.distributed: `--nproc N` or torchrun) the same
+trainer runs under DDP: every rank draws the same item order, takes its contiguous share of each
+global batch, and the model gathers what it computes over the whole batch (hashae.variants.base:
+whole_batch, per_row_random), so N processes take the steps one process takes on the union batch.
+Rank 0 alone reports progress, measures the held-out loss and decides early stopping.
+"""
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -11,6 +19,8 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
+from hashae import distributed
+from hashae.distributed import BatchShare, Context
 from hashae.errors import ConfigError, TrainingError
 from hashae.events import Reporter, Task, silent, task
 from hashae.variants import Autoencoder, Output, lookup
@@ -105,25 +115,29 @@ def train(
     neighbour drawn at random per batch item; models that have no use for it ignore it."""
     if len(x) < 2:
         raise TrainingError(f"need at least 2 training items, got {len(x)}")
+    context = distributed.current()
+    if context is not None and not context.is_main:
+        report = None
     torch.manual_seed(config.seed)
-    run = _Run.start(model, x, config, pairs)
+    run = _Run.start(model, x, config, pairs, context)
     history, best_loss, best_state, started = History(), math.inf, None, time.perf_counter()
-    with task(report, f"training {name or f'{model.config.kind} model'}", total=run.total_steps) as progress:
-        for epoch in range(config.epochs):
-            record = run.epoch(epoch, progress)
-            if len(run.val_x):
-                record["val_loss"] = evaluate(model, run.val_x, device=run.device)
-            history.epochs.append(record)
-            if on_epoch:
-                on_epoch(epoch, record)
-            score = record.get("val_loss", record["loss"])
-            if score < best_loss:
-                best_loss, history.best_epoch = score, epoch
-                if config.patience:
-                    best_state = copy.deepcopy(model.state_dict())
-            elif config.patience and epoch - history.best_epoch >= config.patience:
-                history.stopped_early = True
-                break
+    try:
+        with task(report, f"training {name or f'{model.config.kind} model'}", total=run.total_steps) as progress:
+            for epoch in range(config.epochs):
+                record = run.epoch(epoch, progress)
+                better, best_loss, stop = run.judge(record, best_loss=best_loss, since_best=epoch - history.best_epoch)
+                history.epochs.append(record)
+                if on_epoch:
+                    on_epoch(epoch, record)
+                if better:
+                    history.best_epoch = epoch
+                    if config.patience:
+                        best_state = copy.deepcopy(model.state_dict())
+                elif stop:
+                    history.stopped_early = True
+                    break
+    finally:
+        model.batch_share = None
     if config.patience and best_state is not None:
         model.load_state_dict(best_state)
     else:
@@ -148,19 +162,29 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     steps_per_epoch: int
+    context: Context | None  # the process group under DDP; None: one process
+    net: torch.nn.Module  # what the steps call: the model, or its DDP wrapper
 
     @classmethod
-    def start(cls, model: Autoencoder, x: np.ndarray, config: TrainConfig, pairs: np.ndarray | None) -> _Run:
-        device = resolve_device(config.device)
+    def start(
+        cls, model: Autoencoder, x: np.ndarray, config: TrainConfig, pairs: np.ndarray | None, context: Context | None
+    ) -> _Run:
+        device = resolve_device(config.device) if context is None else context.device
         model.to(device)
         all_x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         train_ids, val_ids = _split_ids(len(all_x), config)
         pair_table = _check_pairs(pairs, len(all_x))
+        if context is not None and pair_table is not None:
+            pair_table = context.broadcast(pair_table)  # rank 0's neighbours, whatever the others found
+        net = model if context is None else _data_parallel(model, context, all_x[train_ids[:8]].to(device), pair_table)
         optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = math.ceil(len(train_ids) / config.batch_size)
         scheduler = _scheduler(optimizer, config, steps_per_epoch * config.epochs)
         train_x, val_x = all_x[train_ids], all_x[val_ids]
-        return cls(model, config, device, all_x, train_ids, train_x, val_x, pair_table, optimizer, scheduler, steps_per_epoch)
+        return cls(
+            model, config, device, all_x, train_ids, train_x, val_x, pair_table, optimizer, scheduler, steps_per_epoch,
+            context, net,
+        )  # fmt: skip
 
     @property
     def total_steps(self) -> int:
@@ -168,33 +192,84 @@ class _Run:
 
     def epoch(self, epoch: int, progress: Task) -> dict[str, float]:
         """One pass over the training items in a fresh random order; the mean loss terms."""
-        self.model.train()
+        self.net.train()
         size = self.config.batch_size
         sums: dict[str, float] = {}
         order = torch.randperm(len(self.train_x))
+        if self.context is not None:
+            order = self.context.broadcast(order)  # every rank cuts the same global batches
         for step in range(self.steps_per_epoch):
             rows = order[step * size : (step + 1) * size]
-            out = self.step(rows, epoch=epoch, step=step)
-            _accumulate(sums, out, len(rows))
+            out, items = self.step(rows, epoch=epoch, step=step)
+            if items:
+                _accumulate(sums, out, items)
             progress.advance(info=_terms_line(out.terms) if progress.report is not silent else "")
+        if self.context is not None:
+            sums = _sum_over_ranks(sums, self.context)
         return {k: v / len(self.train_x) for k, v in sums.items()}
 
-    def step(self, rows: torch.Tensor, *, epoch: int, step: int) -> Output:
-        """One optimiser step on the training items at `rows` (each with a random neighbour, when paired)."""
-        batch = self.train_x[rows].to(self.device)
+    def step(self, rows: torch.Tensor, *, epoch: int, step: int) -> tuple[Output, int]:
+        """One optimiser step on the training items at `rows` (each with a random neighbour, when
+        paired): the output and how many items this process took. Under DDP rows is the global
+        batch and this rank takes its share; a batch with fewer items than ranks is taken whole by
+        every rank (the same gradient on each, which DDP's mean keeps) and counted by rank 0."""
         share_done = (epoch * self.steps_per_epoch + step) / self.total_steps
-        if self.pair_table is None:
-            out = self.model(batch, progress=share_done)
-        else:
+        pick = None
+        if self.pair_table is not None:
             own = self.pair_table[self.train_ids[rows]]  # (B, k) neighbour ids in all_x
             pick = own[torch.arange(len(rows)), torch.randint(own.shape[1], (len(rows),))]
-            out = self.model(batch, progress=share_done, paired=self.all_x[pick].to(self.device))
-        _check_finite(out.loss, out.terms, epoch, step)
+        share, items = None, len(rows)
+        if self.context is not None:
+            pick = None if pick is None else self.context.broadcast(pick)
+            if len(rows) >= self.context.world_size:
+                share = BatchShare.of(len(rows), self.context)
+                rows, pick = share.take(rows), (None if pick is None else share.take(pick))
+                items = len(rows)
+            elif not self.context.is_main:
+                items = 0
+            self.model.batch_share = share
+        batch = self.train_x[rows].to(self.device)
+        if pick is None:
+            out = self.net(batch, progress=share_done)
+        else:
+            out = self.net(batch, progress=share_done, paired=self.all_x[pick].to(self.device))
+        objective = out.loss if share is None else self._objective(out, share)
+        if self.context is not None and not self.context.all_true(bool(torch.isfinite(objective))):
+            raise TrainingError(f"loss became non-finite on a rank at epoch {epoch + 1}, step {step + 1}; lower the learning rate (--lr) or check the input data")
+        _check_finite(objective, out.terms, epoch, step)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        objective.backward()
         self.optimizer.step()
         self.scheduler.step()
-        return out
+        return out, items
+
+    def _objective(self, out: Output, share: BatchShare) -> torch.Tensor:
+        """What this rank back-propagates so that DDP's mean of the ranks' gradients is the
+        gradient of the whole batch's loss: terms over the whole batch as they are (every rank
+        computes the same value and sends each rank's rows their gradient), per-item means
+        weighted by this rank's share of the items times the number of ranks."""
+        whole = self.model.whole_batch_terms()
+        weight = share.sizes[share.rank] * len(share.sizes) / share.total
+        return sum(value if name in whole else weight * value for name, value in out.terms.items())
+
+    def judge(self, record: dict[str, float], *, best_loss: float, since_best: int) -> tuple[bool, float, bool]:
+        """After an epoch: the held-out loss (into record), whether this epoch is the best so far,
+        the best score and whether to stop early. Under DDP rank 0 measures and decides, and every
+        rank is told (so all stop together)."""
+        verdict = torch.zeros(4, dtype=torch.float64)  # held-out loss, score, better, stop
+        if self.context is None or self.context.is_main:
+            if len(self.val_x):
+                record["val_loss"] = evaluate(self.model, self.val_x, device=self.device)
+            score = record.get("val_loss", record["loss"])
+            better = score < best_loss
+            stop = not better and bool(self.config.patience) and since_best >= self.config.patience
+            verdict = torch.tensor([record.get("val_loss", math.nan), score, better, stop], dtype=torch.float64)
+        if self.context is not None:
+            verdict = self.context.broadcast(verdict)
+            if len(self.val_x):
+                record["val_loss"] = verdict[0].item()
+        better, stop = bool(verdict[2]), bool(verdict[3])
+        return better, (verdict[1].item() if better else best_loss), stop
 
 
 @torch.no_grad()
@@ -205,6 +280,43 @@ def evaluate(model: Autoencoder, x: torch.Tensor, *, device: torch.device, batch
     for chunk in x.split(batch_size):
         total += model(chunk.to(device)).loss.item() * len(chunk)
     return total / len(x)
+
+
+def _data_parallel(model: Autoencoder, context: Context, sample: torch.Tensor, pairs: torch.Tensor | None) -> torch.nn.Module:
+    """model under DDP. Buffers are not synced before each forward (the model's running statistics
+    come from the whole batch, the same on every rank). Parameters a config leaves unused (e.g. a
+    gain that is off) are allowed, at the cost of DDP's search for them, when a trial step on
+    `sample` finds any."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    devices = [context.local_rank] if context.backend == "nccl" else None
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    buffers = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+    unused = _has_unused_parameters(model, sample, paired=None if pairs is None else sample.flip(0))
+    return DistributedDataParallel(model, device_ids=devices, find_unused_parameters=unused, **buffers)
+
+
+def _has_unused_parameters(model: Autoencoder, sample: torch.Tensor, *, paired: torch.Tensor | None) -> bool:
+    """Whether a training step on sample leaves a parameter without a gradient. Leaves no trace:
+    random state, buffers and gradients are as they were."""
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    devices = [sample.device.index or 0] if sample.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        model.train()
+        model(sample, progress=0.0, paired=paired).loss.backward()
+    unused = any(p.requires_grad and p.grad is None for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(buffers[name])
+    return unused
+
+
+def _sum_over_ranks(sums: dict[str, float], context: Context) -> dict[str, float]:
+    """Each running sum added up over the ranks (the whole epoch's sums, as one process has them)."""
+    names = list(sums)  # the same names in the same order on every rank (the same model's terms)
+    totals = context.sum(torch.tensor([sums[name] for name in names], dtype=torch.float64))
+    return dict(zip(names, totals.tolist()))
 
 
 def _split_ids(n: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -52,6 +52,9 @@ class Autoencoder(nn.Module):
     # the distribution its codes were trained towards, in words; None: no prior (a plain autoencoder),
     # so a naive sample draws each unit from its own training values, independently of the others
     prior: ClassVar[str | None] = None
+    # This process's share of the global batch in distributed training (a hashae.distributed
+    # BatchShare the trainer sets for a run); None: the batch in hand is the whole batch.
+    batch_share: Any = None
 
     def __init__(self, config: AEConfig) -> None:
         super().__init__()
@@ -108,16 +111,37 @@ class Autoencoder(nn.Module):
         paired: optional (B, *input_shape) positives, paired[i] a neighbour of x[i] (found without
         labels). Variants whose `uses_pairs` is false ignore it; the others add `pair_penalties`."""
         x_clean = self.normalise(x)
-        x_in = self.config.corruption.apply(x_clean) if self.training else x_clean
+        x_in = self.per_row_random(self.config.corruption.apply, x_clean) if self.training else x_clean
         z = self.encode_pre(x_in)  # (B, out)
         h = self.latent(z, progress)  # (B, code_size)
         logits = self.decode_logits(h)  # (B, *input_shape)
         terms = {"reconstruction": self.reconstruction_loss(logits, x_clean), **self.penalties(x_in, z, h)}
         if paired is not None and self.uses_pairs:
-            paired_clean = self.normalise(self.pair_view(paired))
-            paired_in = self.config.corruption.apply(paired_clean) if self.training else paired_clean
+            paired_clean = self.normalise(self.per_row_random(self.pair_view, paired))
+            paired_in = self.per_row_random(self.config.corruption.apply, paired_clean) if self.training else paired_clean
             terms.update(self.pair_penalties(z, self.encode_pre(paired_in), progress))
         return Output(loss=sum(terms.values()), terms=terms, code=h, reconstruction=logits)
+
+    # -- the whole batch, when a batch is shared by processes (hashae.distributed) ---------------
+    def whole_batch(self, t: torch.Tensor) -> torch.Tensor:
+        """t's rows (B, ...) over the whole global batch: gathered from every process, with gradient,
+        in distributed training; t itself otherwise (and outside training)."""
+        if self.batch_share is None or not self.training:
+            return t
+        return self.batch_share.gather(t)
+
+    def per_row_random(self, fn: Any, t: torch.Tensor) -> torch.Tensor:
+        """fn(t) for an fn that draws random numbers row by row (noise, corruption, shifts): in
+        distributed training drawn for the whole global batch, as one process would, and this
+        process's rows kept; fn(t) itself otherwise."""
+        if self.batch_share is None or not self.training:
+            return fn(t)
+        return self.batch_share.per_row(fn, t)
+
+    def whole_batch_terms(self) -> frozenset[str]:
+        """Names of the loss terms computed over the whole batch (from whole_batch rows), not as a
+        mean over this process's items; distributed training weighs the two kinds differently."""
+        return frozenset()
 
     @property
     def uses_pairs(self) -> bool:
