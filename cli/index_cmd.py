@@ -30,6 +30,7 @@ def index(
     repoint: bool = typer.Option(False, "--repoint", help="Let this store index FOLDER although it was built from another folder; its items not found in FOLDER are removed."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="Training device: auto, cpu or cuda."),
+    nproc: int = typer.Option(1, "--nproc", help="Training processes on this machine (torch DDP: gloo on CPU, nccl with one GPU each).", min=1),
     executor: str = typer.Option("auto", "--executor", help="Who reads and encodes: sequential (this process), processes (one worker per core), or auto (processes from 20000 files to read)."),
     workers: int = typer.Option(None, "--workers", help="Worker processes for --executor processes (default: one per core).", min=1, show_default=False),
     batch_size: int = typer.Option(None, "--batch-size", help="Files per batch: one read + encode task and one catalogue transaction (default 1024).", min=1, show_default=False),
@@ -61,6 +62,7 @@ def index(
         batch_size=batch_size,
         max_file_size=int(max_file_size * MIB),
         repoint=repoint,
+        nproc=nproc,
     )
     with reporter(quiet) as report:
         summary = index_folder(store_path(store), folder, options, report=report)

@@ -129,6 +129,11 @@ def run(
     return _spawn(fn, args, kwargs, nproc=nproc, backend=backend_for(device), report=report)
 
 
+def in_turn(fn: Callable[..., Any], calls: list[dict[str, Any]], *, report: Reporter | None = None, **shared: Any) -> list[Any]:
+    """[fn(**shared, **call, report=report) for each call]: several trainings in one run()."""
+    return [fn(**shared, **call, report=report) for call in calls]
+
+
 def join_torchrun(*, device: str = "auto") -> Context:
     """Join the process group torchrun describes in the environment (once per process)."""
     if not dist.is_initialized():

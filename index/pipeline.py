@@ -70,6 +70,7 @@ class IndexOptions:
     batch_size: int | None = None
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     repoint: bool = False
+    nproc: int = 1  # training processes (torch DDP); encoding is the executor's
 
 
 @dataclass
@@ -227,7 +228,7 @@ class _Run:
             x = stack_pixels([batch.pixels for batch in kept])
             trained = train_pair(
                 x, bits=asked["bits"], latent_dim=asked["latent_dim"], models_dir=Path(self.store.models_dir).absolute(),
-                options=TrainingOptions(epochs=options.epochs, quality=options.quality, seed=options.seed, device=options.device),
+                options=TrainingOptions(epochs=options.epochs, quality=options.quality, seed=options.seed, device=options.device, nproc=options.nproc),
                 report=self.report,
             )  # fmt: skip
             del x

@@ -28,12 +28,14 @@ ROLES = {  # store role -> (model kind, what its progress task is called)
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    """How to train the pair: epochs None scales them to the sample size; quality fast or high."""
+    """How to train the pair: epochs None scales them to the sample size; quality fast or high;
+    nproc: training processes (torch DDP through hashae.distributed; 1 trains here)."""
 
     epochs: int | None = None
     quality: str = "fast"
     seed: int = 0
     device: str = "auto"
+    nproc: int = 1
 
 
 @dataclass(frozen=True)
@@ -71,17 +73,18 @@ def train_pair(
 
     Returns the two models by role ("hashing", "latent").
     """
-    from hashae import checkpoint
+    from hashae import checkpoint, distributed
     from hashae.recipes import fit_default
 
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    sizes = {"hashing": bits, "latent": latent_dim}
+    calls = [{"kind": ROLES[role][0], "name": ROLES[role][1], "code_size": size} for role, size in sizes.items()]
+    shared = {"x": x, "epochs": options.epochs, "quality": options.quality, "seed": options.seed, "device": options.device}
+    fits = distributed.run(  # both models in one group of processes when nproc > 1
+        distributed.in_turn, args=(fit_default, calls), kwargs=shared, nproc=options.nproc, device=options.device, report=report
+    )
     trained = {}
-    for role, code_size in (("hashing", bits), ("latent", latent_dim)):
-        kind, name = ROLES[role]
-        fit = fit_default(
-            kind, x, code_size=code_size, epochs=options.epochs, quality=options.quality,
-            seed=options.seed, device=options.device, report=report, name=name,
-        )  # fmt: skip
+    for role, fit in zip(sizes, fits):
         summary = fit.summary()
         folder = checkpoint.save(fit.model, Path(models_dir) / f"{role}-{stamp}", info=summary)
         trained[role] = TrainedModel(role=role, kind=fit.model.config.kind, folder=folder, summary=summary)

@@ -127,3 +127,16 @@ def test_torchrun_trains_and_rank_0_alone_writes(vectors, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("saved to") == 1, done.stdout  # rank 1 neither prints nor writes
     assert checkpoint.load(out).config.code_size == 8
+
+
+def test_index_nproc_trains_the_store_models_under_ddp(tmp_path):
+    from conftest import draw_images
+
+    folder, store = tmp_path / "images", tmp_path / "store"
+    draw_images(folder, 30)
+    flags = ["--nproc", "2", "--epochs", "1", "--device", "cpu", "--json"]
+    result = CliRunner().invoke(app, ["index", str(folder), "--store", str(store), *flags])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["indexed"] == 30 and summary["trained"]
+    assert {role: fit["kind"] for role, fit in summary["training"].items()} == {"hashing": "hashing", "latent": "vae"}
