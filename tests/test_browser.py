@@ -58,6 +58,15 @@ def page(server, tmp_path):
         context.close()
 
 
+def test_first_load_shows_no_query_box(page, tmp_path):
+    tab, problems = page
+    tab.wait_for_function("[...document.querySelectorAll('#browse img')].every(img => img.complete && img.naturalWidth > 0)")
+    assert not tab.locator("#query").is_visible() and not tab.locator("#qimg").is_visible()  # `hidden` wins over display:grid
+    assert tab.locator("#emptyState").is_visible()
+    tab.screenshot(path=str(tmp_path / "first-load.png"), full_page=True)
+    assert not problems, problems
+
+
 def test_click_an_item_and_see_its_neighbours(page, tmp_path):
     tab, problems = page
     first = tab.locator("#browse button").first
@@ -73,6 +82,12 @@ def test_click_an_item_and_see_its_neighbours(page, tmp_path):
     tab.wait_for_function(  # every thumbnail decoded
         "[...document.querySelectorAll('#results img')].every(img => img.complete && img.naturalWidth > 0)"
     )
+    first_card = cards.first
+    path = tab.evaluate(f"fetch('/api/items/{item_id}').then(r => r.json()).then(item => item.path)")
+    assert first_card.locator(".path").is_visible() and first_card.locator(".path").inner_text().endswith(path[-20:])
+    assert first_card.locator(".path a").get_attribute("href") == f"/api/items/{item_id}/original"
+    natural = tab.evaluate("document.querySelector('#results img').naturalWidth")
+    assert natural == 28  # the original file's own size (Fashion-MNIST), not an enlarged model input
     tab.screenshot(path=str(tmp_path / "neighbours.png"), full_page=True)
     assert (tmp_path / "neighbours.png").stat().st_size > 10_000
 

@@ -87,9 +87,17 @@ def test_thumbnail_is_the_catalogued_picture(client, store):
     assert picture.size == (28, 28)
     original = Image.open(images / item["path"]).convert("L")
     assert (np.asarray(picture.convert("L")) == np.asarray(original)).all()
-    bigger = client.get(f"/api/items/{item['id']}/thumbnail", params={"size": 64})
-    assert Image.open(io.BytesIO(bigger.content)).size == (64, 64)
+    never_enlarged = client.get(f"/api/items/{item['id']}/thumbnail", params={"size": 64})
+    assert Image.open(io.BytesIO(never_enlarged.content)).size == (28, 28)
+    smaller = client.get(f"/api/items/{item['id']}/thumbnail", params={"size": 16})
+    assert Image.open(io.BytesIO(smaller.content)).size == (16, 16)
     assert client.get(f"/api/items/{item['id']}/thumbnail", params={"size": 100000}).status_code == 400
+    head = client.head(f"/api/items/{item['id']}/thumbnail")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"] == "image/png"
+    original = client.get(f"/api/items/{item['id']}/original")
+    assert original.status_code == 200 and original.content == (images / item["path"]).read_bytes()
+    assert original.headers["content-type"] == "image/png" and original.headers["content-disposition"].startswith("inline")
+    assert client.head(f"/api/items/{item['id']}/original").status_code == 200
 
 
 def test_query_by_id_is_the_cli_answer_plus_codes(client, store):
@@ -127,9 +135,18 @@ def test_query_by_upload(client, store, an_image):
 
 def test_openapi_describes_the_api(client):
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/api/health", "/api/stats", "/api/items", "/api/items/{item_id}", "/api/items/{item_id}/thumbnail", "/api/query"):
+    for path in ("/api/health", "/api/stats", "/api/items", "/api/items/{item_id}", "/api/items/{item_id}/thumbnail", "/api/items/{item_id}/original", "/api/query"):
         assert path in paths
     assert set(paths["/api/query"]) == {"get", "post"}
+
+
+def test_docs_page_lists_the_api_without_a_cdn(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for path in client.get("/openapi.json").json()["paths"]:
+        assert f"<code>{path}</code>" in page.text
+    assert "<script" not in page.text and "http" not in page.text  # self-contained: nothing fetched
+    assert "Longest side in pixels." in page.text  # parameter descriptions shown
 
 
 def test_page_is_served(client):
@@ -184,7 +201,7 @@ def test_loopback_host_names_are_accepted(client, server):
 
 
 def test_unknown_ids_get_404(client):
-    for path in ("/api/items/987654", "/api/items/987654/thumbnail", "/api/query?id=987654"):
+    for path in ("/api/items/987654", "/api/items/987654/thumbnail", "/api/items/987654/original", "/api/query?id=987654"):
         response = client.get(path)
         assert response.status_code == 404 and "987654" in response.json()["detail"], path
 

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 
 from hashae.index.backends.base import StoreBackend
 from hashae.index.server.engines import EngineHolder
+from hashae.index.server.docs import add_docs_page
 from hashae.index.server.errors import invalid_request
 from hashae.index.server.guards import BodyLimit, HostGuard, TokenGuard
 from hashae.index.server.routes import add_routes
@@ -35,7 +36,7 @@ def create_app(store: StoreBackend, settings: ServerSettings | None = None, *, s
         title="hashae",
         summary="Semantic-hashing image retrieval: neighbours by bit flips of learned binary codes.",
         version=_version(),
-        docs_url=None,  # the Swagger page loads its assets from a CDN; /openapi.json is enough
+        docs_url=None,  # the Swagger page loads its assets from a CDN: /docs is index/server/docs.py's page
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -43,6 +44,7 @@ def create_app(store: StoreBackend, settings: ServerSettings | None = None, *, s
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, invalid_request)
     add_routes(app, holder, settings)
+    add_docs_page(app)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hashae.index.backends.base import ItemInfo
@@ -15,7 +15,7 @@ from hashae.index.query import DEFAULT_K, QUERY_MODES, TIE_ORDERS, Answer
 from hashae.index.server.engines import EngineHolder, Served, now
 from hashae.index.server.errors import answer_or_error
 from hashae.index.server.settings import ServerSettings
-from hashae.index.server.thumbnails import MAX_SIDE, MIN_SIDE, ThumbnailCache
+from hashae.index.server.thumbnails import DEFAULT_SIDE, MAX_SIDE, MIN_SIDE, ThumbnailCache, original_media_type, original_path
 from hashae.index.server.uploads import uploaded_image
 
 MAX_K = 1000
@@ -85,19 +85,35 @@ def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> 
 
         return answer_or_error(holder, work)
 
-    @app.get(
+    @app.api_route(
         "/api/items/{item_id}/thumbnail",
-        summary="An indexed item's picture (PNG)",
+        methods=["GET", "HEAD"],
+        summary="An indexed item's thumbnail, made from its original file",
+        description=(
+            f"The catalogued file shrunk to fit `size` x `size` (default {DEFAULT_SIDE}) with its proportions and "
+            "colours kept, never enlarged; PNG, or JPEG for a JPEG original. 410 when the file is gone."
+        ),
         response_class=Response,
-        responses={200: {"content": {"image/png": {}}}},
+        responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}},
     )
-    def thumbnail(item_id: int, size: int | None = Query(None, ge=MIN_SIDE, le=MAX_SIDE)) -> Response:
-        def work(served: Served) -> bytes:
-            info = _visible_item(served, item_id)
-            return thumbnails.png(served.engine, info, side=size or served.engine.settings.image_size)
+    def thumbnail(item_id: int, size: int = Query(DEFAULT_SIDE, ge=MIN_SIDE, le=MAX_SIDE, description="Longest side in pixels.")) -> Response:
+        def work(served: Served):
+            return thumbnails.thumbnail(served.engine, _visible_item(served, item_id), side=size)
 
-        png = answer_or_error(holder, work)
-        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+        picture = answer_or_error(holder, work)
+        return Response(picture.data, media_type=picture.media_type, headers={"Cache-Control": "private, max-age=86400"})
+
+    @app.api_route(
+        "/api/items/{item_id}/original",
+        methods=["GET", "HEAD"],
+        summary="An indexed item's original file",
+        description="The catalogued file as it lies in the indexed folder (only catalogued items, never a path outside it). 410 when it is gone.",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/*": {}}}},
+    )
+    def original(item_id: int) -> FileResponse:
+        path = answer_or_error(holder, lambda served: original_path(served.engine, _visible_item(served, item_id)))
+        return FileResponse(path, media_type=original_media_type(path), content_disposition_type="inline", filename=path.name)
 
     @app.get("/api/query", summary="Neighbours of an indexed item")
     def query_by_id(

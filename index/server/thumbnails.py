@@ -1,75 +1,142 @@
-"""Item pictures for the page: the catalogued file decoded to a small PNG, cached.
+"""Item pictures for the page: thumbnails made from the catalogued original file, cached, and the
+original itself.
 
 Only catalogued items get one, read from the indexed folder by their catalogued path; a path that
-would leave that folder is refused all the same.
+would leave that folder (a `..` or a link pointing out) is refused all the same. A thumbnail keeps
+the original's colours and proportions, fits a square of the asked side and is never enlarged;
+PNG, or JPEG when the original is a JPEG. The file is decoded with the indexer's hardened reader
+(regular files only, a pixel cap before any pixel is allocated, the EXIF orientation applied).
 """
 
 from __future__ import annotations
 
 import io
+import mimetypes
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import HTTPException
+from PIL import Image
 
-from hashae.decode import decode_image
+from hashae.decode import (
+    JPEG_FORMATS,
+    MAX_IMAGE_PIXELS,
+    _apply_orientation,
+    _check_pixel_count,
+    _open_image,
+    _reading,
+    _standard_mode,
+    has_image_extension,
+)
 from hashae.errors import DataError
 from hashae.index.backends.base import ItemInfo
 from hashae.index.query import QueryEngine
 from hashae.index.server.errors import one_line
 
-CACHE_SIZE = 4096
-MIN_SIDE, MAX_SIDE = 8, 256
+CACHE_BYTES = 64 * 1024 * 1024  # the cache's whole budget
+MIN_SIDE, MAX_SIDE = 8, 1024
+DEFAULT_SIDE = 256  # what the page asks for: sharp on a 2x screen at the card's ~150 px
+JPEG_QUALITY = 85
+
+
+@dataclass(frozen=True)
+class Picture:
+    """Encoded image bytes and their media type."""
+
+    data: bytes
+    media_type: str
 
 
 class ThumbnailCache:
-    """A small thread-safe LRU of PNG bytes."""
+    """A thread-safe LRU of encoded thumbnails, bounded by their total bytes."""
 
-    def __init__(self, capacity: int = CACHE_SIZE) -> None:
-        self.capacity = capacity
-        self._data: OrderedDict[Any, bytes] = OrderedDict()
+    def __init__(self, capacity_bytes: int = CACHE_BYTES) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.size_bytes = 0
+        self._data: OrderedDict[Any, Picture] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key) -> bytes | None:
+    def get(self, key) -> Picture | None:
         with self._lock:
             value = self._data.get(key)
             if value is not None:
                 self._data.move_to_end(key)
             return value
 
-    def put(self, key, value: bytes) -> None:
+    def put(self, key, value: Picture) -> None:
         with self._lock:
+            old = self._data.pop(key, None)
+            self.size_bytes -= len(old.data) if old else 0
             self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
+            self.size_bytes += len(value.data)
+            while self.size_bytes > self.capacity_bytes and len(self._data) > 1:
+                _, dropped = self._data.popitem(last=False)
+                self.size_bytes -= len(dropped.data)
 
-    def png(self, engine: QueryEngine, info: ItemInfo, *, side: int) -> bytes:
+    def thumbnail(self, engine: QueryEngine, info: ItemInfo, *, side: int) -> Picture:
         """The item's thumbnail, from the cache or made now (keyed by content, so a changed file
         gets a new one)."""
         key = (info.id, info.content_hash, side)
-        png = self.get(key)
-        if png is None:
-            png = thumbnail_png(engine, info.path, side=side)
-            self.put(key, png)
-        return png
+        picture = self.get(key)
+        if picture is None:
+            picture = thumbnail_of(original_path(engine, info), side=side)
+            self.put(key, picture)
+        return picture
 
 
-def thumbnail_png(engine: QueryEngine, relative: str, *, side: int) -> bytes:
-    """The catalogued file decoded (hardened) to side x side, as PNG bytes; 404 for a path outside
-    the indexed folder, 410 when the file can no longer be read."""
-    from hashae.images import to_pil
-
+def original_path(engine: QueryEngine, info: ItemInfo) -> Path:
+    """The catalogued file's path inside the indexed folder; 404 for a path that leaves it (or a
+    file that is not an image by its name), 410 when it is gone."""
     root = Path(engine.settings.source_root or ".").resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
+    path = (root / info.path).resolve()
+    if not path.is_relative_to(root) or not has_image_extension(path.name):
         raise HTTPException(status_code=404, detail="the item's file lies outside the indexed folder")
+    if not path.is_file():
+        raise HTTPException(status_code=410, detail=f"the item's file {info.path} is gone; re-run `hashae index`")
+    return path
+
+
+def original_media_type(path: Path) -> str:
+    """The media type of an original, from its name (every indexed extension is an image type)."""
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def thumbnail_of(path: Path, *, side: int) -> Picture:
+    """The file decoded (hardened) and shrunk to fit side x side with its proportions kept; 410 when
+    it can no longer be read."""
     try:
-        pixels = decode_image(path, size=side, channels=engine.settings.channels)
+        with _reading(path), _open_image(path) as img:
+            _check_pixel_count(img, MAX_IMAGE_PIXELS)
+            is_jpeg = img.format in JPEG_FORMATS
+            if is_jpeg:
+                img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (side, side))  # libjpeg scales down
+            img.load()
+            _apply_orientation(img)
+            shown = _displayable(img)
+            shown.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
     except DataError as error:
         raise HTTPException(status_code=410, detail=f"the item's file can no longer be read ({one_line(error)}); re-run `hashae index`") from None
+    return _encoded(shown, jpeg=is_jpeg and shown.mode in ("L", "RGB"))
+
+
+def _displayable(img: Image.Image) -> Image.Image:
+    """L, LA, RGB or RGBA, as a browser shows them (16-bit and float grey scaled to 8 bits)."""
+    if img.mode.startswith("I") or img.mode == "F":
+        scale = np.float32(255.0 if img.mode == "F" else 255.0 / 65535)  # float grey is taken as [0, 1]
+        values = np.clip(np.asarray(img.convert("F"), dtype=np.float32) * scale, 0, 255)
+        return Image.fromarray(values.astype(np.uint8), mode="L")
+    channels = 1 if img.mode in ("1", "L", "LA", "La") else 3
+    return _standard_mode(img, channels)
+
+
+def _encoded(img: Image.Image, *, jpeg: bool) -> Picture:
     buffer = io.BytesIO()
-    to_pil(pixels).save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
+    if jpeg:
+        img.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        return Picture(buffer.getvalue(), "image/jpeg")
+    img.save(buffer, format="PNG", optimize=False)
+    return Picture(buffer.getvalue(), "image/png")
