@@ -6,7 +6,7 @@ import re
 
 import typer
 
-from hashae.cli import bench, datasets, duplicates, generate, index_cmd, info, query, train
+from hashae.cli import bench, datasets, duplicates, export, generate, index_cmd, info, items, query, remove, train
 from hashae.cli import inspect as inspect_cmd
 from hashae.cli import serve
 
@@ -27,6 +27,9 @@ generate.register(app)
 bench.register(app)
 serve.register(app)
 inspect_cmd.register(app)
+items.register(app)
+export.register(app)
+remove.register(app)
 
 
 def version() -> str:
