@@ -6,7 +6,7 @@ import re
 
 import typer
 
-from hashae.cli import bench, datasets, duplicates, export, generate, index_cmd, info, items, query, remove, train
+from hashae.cli import bench, check, datasets, duplicates, export, generate, index_cmd, info, items, query, remove, train
 from hashae.cli import inspect as inspect_cmd
 from hashae.cli import serve
 
@@ -22,6 +22,7 @@ index_cmd.register(app)
 query.register(app)
 duplicates.register(app)
 info.register(app)
+check.register(app)
 train.register(app)
 generate.register(app)
 bench.register(app)

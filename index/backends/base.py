@@ -98,6 +98,33 @@ class ModelRecord:
 
 
 
+CHECKPOINT_DIGESTS = "checkpoint_blake2b"  # key of a model record's info: {file name: blake2b hex}
+RETRAIN_ADVICE = "run `hashae index FOLDER --retrain` to train new models"
+
+
+def with_checkpoint_digests(record: dict[str, Any], root: Path) -> dict[str, Any]:
+    """A model record (as WriteTransaction.add_models takes it, dir relative to the store root) with
+    the blake2b digests of its checkpoint files added to its info, so loads can check them."""
+    from hashae.inference import checkpoint_digests
+
+    digests = checkpoint_digests(Path(root) / record["dir"])
+    info = dict(record.get("info") or {})
+    if digests:
+        info[CHECKPOINT_DIGESTS] = digests
+    return {**record, "info": info}
+
+
+def verified_model_dir(root: Path, model: ModelRecord) -> Path:
+    """The checkpoint folder of a model record under a store root, its files checked against the
+    digests recorded with it (records made before digests were recorded are taken as they are).
+    A changed file raises CheckpointError naming it and saying to retrain."""
+    from hashae.inference import verify_checkpoint_digests
+
+    folder = Path(root) / model.dir
+    verify_checkpoint_digests(folder, model.info.get(CHECKPOINT_DIGESTS) or {}, fix=RETRAIN_ADVICE)
+    return folder
+
+
 @dataclass(frozen=True)
 class Hit:
     """One search result.

@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from hashae.index.backends.base import ModelPair, ModelRecord, SkippedFile, StoreError
+from hashae.index.backends.base import ModelPair, ModelRecord, SkippedFile, StoreError, verified_model_dir
 from hashae.index.backends.local.catalogue import Catalogue, Generation
 from hashae.index.backends.local.files import (
     UnusableIndexFiles,
@@ -112,8 +112,8 @@ class LocalStore:
         return self.layout.models_dir
 
     def model_dir(self, model: ModelRecord) -> Path:
-        """The checkpoint folder of a model record."""
-        return self.root / model.dir
+        """The checkpoint folder of a model record, its files checked against the recorded digests."""
+        return verified_model_dir(self.root, model)
 
     def exists(self) -> bool:
         """False for a store opened with create=True that no writer has made yet."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hashae.codes import check_codes
-from hashae.index.backends.base import LiveItem, ModelPair, NewItem, StoreError
+from hashae.index.backends.base import LiveItem, ModelPair, NewItem, StoreError, with_checkpoint_digests
 from hashae.index.backends.local.catalogue import Catalogue
 from hashae.index.backends.local.files import (
     Indexes,
@@ -104,6 +104,7 @@ class LocalWriteTransaction:
         """
         records = {role: {**record, "dir": self._relative_model_dir(record.get("dir"))} for role, record in
                    (("hashing", hashing), ("latent", latent))}
+        records = {role: with_checkpoint_digests(record, self.layout.root) for role, record in records.items()}
         return self.catalogue.add_models(**records)
 
     # ---------------------------------------------------------------------------------- commit

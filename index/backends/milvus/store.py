@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from hashae.index.backends.base import ModelPair, ModelRecord, SkippedFile, StoreError
+from hashae.index.backends.base import ModelPair, ModelRecord, SkippedFile, StoreError, verified_model_dir
 from hashae.index.backends.milvus.catalogue import CollectionRecord, Generation, MilvusCatalogue
 from hashae.index.backends.milvus.collection import HAMMING_INDEXES, ItemsCollection, search_params_of
 from hashae.index.backends.milvus.connection import LITE_LOG_DIR, MilvusConnection, is_lite_uri, lite_lock_file
@@ -131,7 +131,8 @@ class MilvusStore:
         return self.root / MODELS_DIR
 
     def model_dir(self, model: ModelRecord) -> Path:
-        return self.root / model.dir
+        """The checkpoint folder of a model record, its files checked against the recorded digests."""
+        return verified_model_dir(self.root, model)
 
     def settings(self) -> StoreSettings | None:
         return self.catalogue.settings() if self.exists() else None

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hashae.codes import check_codes
-from hashae.index.backends.base import LiveItem, ModelPair, NewItem, StoreError
+from hashae.index.backends.base import LiveItem, ModelPair, NewItem, StoreError, with_checkpoint_digests
 from hashae.index.backends.milvus.catalogue import CollectionRecord, MilvusCatalogue
 from hashae.index.backends.milvus.collection import (
     LIVE,
@@ -161,6 +161,7 @@ class MilvusWriteTransaction:
         Each is {"dir": folder inside the store (absolute, or relative to it), "kind", "info"}."""
         records = {role: {**record, "dir": self._relative_model_dir(record.get("dir"))}
                    for role, record in (("hashing", hashing), ("latent", latent))}
+        records = {role: with_checkpoint_digests(record, self.store.root) for role, record in records.items()}
         return self.catalogue.add_models(**records)
 
     # ---------------------------------------------------------------------------------- commit
