@@ -101,6 +101,10 @@ def main() -> None:
     p.add_argument("--pair-shift", type=int, default=None)
     p.add_argument("--hard-phase", type=float, default=None)
     p.add_argument("--code-norm", type=int, choices=[0, 1], default=None)
+    p.add_argument("--code-gain", type=int, choices=[0, 1], default=None)
+    p.add_argument("--sparsity", type=float, default=None)
+    p.add_argument("--gain-speed", type=float, default=None)
+    p.add_argument("--no-corruption", action="store_true", help="no input corruption (the seed's plain recipe)")
     p.add_argument("--k", type=int, default=recipes.NEIGHBOURS_K, help="neighbours per item")
     p.add_argument("--pca-dims", type=int, default=recipes.NEIGHBOURS_DIMS)
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N images only (quick looks)")
@@ -129,12 +133,16 @@ def main() -> None:
             "pair_shift": args.pair_shift,
             "hard_phase": args.hard_phase,
             "code_norm": bool(args.code_norm) if args.code_norm is not None else None,
-            "corruption": {"kind": "mask", "strength": args.mask} if args.mask is not None else None,
+            "code_gain": bool(args.code_gain) if args.code_gain is not None else None,
+            "sparsity": args.sparsity,
+            "gain_speed": args.gain_speed,
+            "corruption": {"kind": "none", "strength": 0.0} if args.no_corruption else (
+                {"kind": "mask", "strength": args.mask} if args.mask is not None else None),
         }.items()
         if value is not None
     }
     print(
-        "| label | bits | config | epochs | batch | lr | train s | cpu s | cpu s/epoch | mAP@1000 | P@r<=2 | empty | R@10 | R10@100 |",
+        "| label | bits | config | epochs | batch | lr | train s | cpu s | cpu s/epoch | mAP@1000 | P@r<=2 | empty | R@10 | R10@100 | saturated | flips | balance std | entropy |",
         flush=True,
     )
     for bits in args.bits:
@@ -167,18 +175,21 @@ def main() -> None:
             "k": args.k if config.consistency else None,
             "hard": config.hard_phase or None,
             "norm": 1 if config.code_norm else None,
+            "gain": config.gain_speed if config.code_gain else None,
+            "sparse": config.sparsity or None,
         }
         desc = " ".join(f"{k}={v}" for k, v in short.items() if v is not None)
         print(
             f"| {args.label} | {bits} | {desc} | {epochs} | {train_config.batch_size} | {train_config.lr:g} | "
             f"{train_seconds:.0f} | {cpu_seconds:.0f} | {(cpu_seconds - pair_seconds) / epochs:.2f} | {m['map_at_1000']:.4f} | {m['p_at_r2']:.4f} | "
-            f"{m['empty_ball_share']:.3f} | {m['recall_at_10']:.3f} | {m['r10_at_100']:.3f} |",
+            f"{m['empty_ball_share']:.3f} | {m['recall_at_10']:.3f} | {m['r10_at_100']:.3f} | "
+            f"{result.stats.saturated_share:.3f} | {result.noise_flip_share:.4f} | {result.stats.bit_balance_std:.3f} | {result.stats.mean_bit_entropy:.3f} |",
             flush=True,
         )
         if args.json:
             row = {"label": args.label, "bits": bits, "config": config.to_dict(), "train": vars(train_config) if hasattr(train_config, "__dict__") else None,
                    "train_seconds": train_seconds, "cpu_seconds": cpu_seconds, "pair_seconds": pair_seconds, "epochs": epochs, "metrics": m,
-                   "code_stats": result.stats.as_dict() if result.stats else None}
+                   "code_stats": result.stats.as_dict() if result.stats else None, "noise_flip_share": result.noise_flip_share}
             with open(args.json, "a") as f:
                 f.write(json.dumps(row, default=str) + "\n")
 

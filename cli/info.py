@@ -50,8 +50,18 @@ def info(store: Path = StoreOption, as_json: bool = JsonOption) -> None:
 def _describe_model(model: dict) -> str:
     info = model["info"]
     stats = info.get("code_stats")
-    extra = f", {stats['saturated_share']:.1%} saturated, bit balance std {stats['bit_balance_std']:.3f}" if stats else ""
+    extra = f", {_code_stats_line(stats)}" if stats else ""
     return f"{model['kind']} ({info.get('epochs', '?')} epochs, {info.get('seconds', '?')}s{extra})"
+
+
+def _code_stats_line(stats: dict) -> str:
+    """Saturation, bit balance, bit entropy and noise flips of a binary-code model (held-out data)."""
+    parts = [f"{stats['saturated_share']:.1%} saturated", f"bit balance std {stats['bit_balance_std']:.3f}"]
+    if stats.get("mean_bit_entropy") is not None:
+        parts.append(f"bit entropy {stats['mean_bit_entropy']:.3f}")
+    if stats.get("noise_flip_share") is not None:
+        parts.append(f"{stats['noise_flip_share']:.1%} bits flip under the training noise")
+    return ", ".join(parts)
 
 
 def printable(name: str) -> str:

@@ -20,21 +20,42 @@ from hashae.codes import CodeStats, code_stats
 from hashae.errors import ConfigError
 from hashae.events import Reporter, task
 from hashae.neighbours import nearest
-from hashae.trainer import History, TrainConfig, train, train_config_for
-from hashae.variants import AEConfig, Autoencoder, create, make_config
+from hashae.trainer import History, TrainConfig, _split_ids, train, train_config_for
+from hashae.variants import AEConfig, Autoencoder, Corruption, create, make_config
 
-# A training budget in optimiser steps: small folders get more epochs, large ones fewer.
-DEFAULT_STEPS = 3500
-MIN_EPOCHS, MAX_EPOCHS = 8, 200
+# The training budget in optimiser steps grows with the folder as the square root of its size:
+# STEPS_AT_REFERENCE at REFERENCE_ITEMS items, never fewer than MIN_STEPS (nor more than MAX_EPOCHS
+# passes over a tiny folder), so a first run costs what its folder is worth (mAP against steps at
+# 6k / 20k / 60k items: benchmarks/results/tuning-2026-11-30.md). It was a fixed 3,500 steps.
+REFERENCE_ITEMS, STEPS_AT_REFERENCE = 60_000, 2000
+MIN_STEPS = 500
+MIN_EPOCHS, MAX_EPOCHS = 1, 200
 QUALITY_STEPS = {"fast": 1.0, "high": 3.0}  # --quality high trains three times longer
 # Label-free neighbour pairs for models that use them: k nearest items in PCA space of this many dims.
 NEIGHBOURS_K, NEIGHBOURS_DIMS = 10, 64
 
 
+# Named recipes beside the kinds' own defaults: name -> (kind, config fields over its defaults).
+# "seed": the seed's plain recipe, as its card describes it: Gaussian noise ramped before a sigmoid
+# code layer, bits at 0.5, no standardisation, gain, input corruption or extra terms.
+RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "seed": ("hashing", {
+        "noise_max": 4.0, "hard_phase": 0.0, "code_norm": False, "code_gain": False, "balance": 0.0,
+        "decorrelation": 0.0, "consistency": 0.0, "sparsity": 0.0, "corruption": Corruption("none", 0.0),
+    }),
+}
+
+
+def default_steps(n_items: int) -> int:
+    """The optimiser steps a folder of n_items gets: STEPS_AT_REFERENCE * sqrt(n / REFERENCE_ITEMS),
+    at least MIN_STEPS."""
+    return max(MIN_STEPS, round(STEPS_AT_REFERENCE * math.sqrt(max(n_items, 1) / REFERENCE_ITEMS)))
+
+
 def default_epochs(n_items: int, *, batch_size: int = TrainConfig.batch_size) -> int:
-    """Epochs giving about DEFAULT_STEPS optimiser steps, clamped to [MIN_EPOCHS, MAX_EPOCHS]."""
+    """Epochs giving about default_steps(n_items) optimiser steps, clamped to [MIN_EPOCHS, MAX_EPOCHS]."""
     steps_per_epoch = max(1, math.ceil(n_items / batch_size))
-    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(DEFAULT_STEPS / steps_per_epoch))))
+    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(default_steps(n_items) / steps_per_epoch))))
 
 
 def with_epochs(train_config: TrainConfig, epochs: int | None, n_items: int, *, scale: float = 1.0) -> TrainConfig:
@@ -50,6 +71,7 @@ class FitResult:
     model: Autoencoder
     history: History
     stats: CodeStats | None
+    noise_flip_share: float | None = None  # bits flipped by the final training noise at inference
 
     def summary(self) -> dict[str, Any]:
         """Kind, epochs, seconds, the best epoch's loss terms and the code statistics, JSON-ready."""
@@ -60,7 +82,7 @@ class FitResult:
             "final": {k: round(v, 4) for k, v in self.history.final.items()},
         }
         if self.stats is not None:
-            out["code_stats"] = self.stats.as_dict()
+            out["code_stats"] = {**self.stats.as_dict(), "noise_flip_share": self.noise_flip_share}
         return out
 
 
@@ -94,7 +116,9 @@ def fit(
     model.cpu()
     inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     model.calibrate(inputs, seed=train_config.seed)
-    return FitResult(model=model, history=history, stats=measure_codes(model, inputs))
+    held_out = inputs[held_out_ids(len(x), train_config)]
+    stats, flips = measure_codes(model, held_out), noise_flip_share(model, held_out)
+    return FitResult(model=model, history=history, stats=stats, noise_flip_share=flips)
 
 
 def fit_default(
@@ -111,19 +135,37 @@ def fit_default(
 ) -> FitResult:
     """Fit the product's default model of a kind on x: make_config for x's shape, the kind's training
     settings, size-scaled epochs (times 3 with quality "high"). `hashae index` and `hashae bench`
-    both train through here; `name` labels the progress task ("hashing model", "VAE")."""
+    both train through here; `name` labels the progress task ("hashing model", "VAE"). `kind` may
+    also name one of RECIPES (e.g. "seed"), a kind with other config fields."""
     if quality not in QUALITY_STEPS:
         raise ConfigError(f"unknown quality {quality!r}; known: {', '.join(QUALITY_STEPS)}")
-    config = make_config(kind, input_shape=tuple(x.shape[1:]), code_size=code_size)
+    kind, fields = RECIPES.get(kind, (kind, {}))
+    config = make_config(kind, input_shape=tuple(x.shape[1:]), code_size=code_size, **fields)
     train_config = with_epochs(train_config_for(kind, seed=seed, device=device), epochs, len(x), scale=QUALITY_STEPS[quality])
     return fit(config, x, train_config, report=report, name=name)
 
 
+def held_out_ids(n_items: int, train_config: TrainConfig) -> torch.Tensor:
+    """The trainer's held-out items (its validation split); all items when it holds none out."""
+    ids = _split_ids(n_items, train_config)[1]
+    return ids if len(ids) else torch.arange(n_items)
+
+
+def noise_flip_share(model: Autoencoder, inputs: torch.Tensor, *, limit: int = 10000) -> float | None:
+    """Share of bits flipped when the final training noise is injected at inference (None for
+    models without that notion)."""
+    flips = getattr(model, "noise_flip_share", None)
+    return None if flips is None else round(flips(inputs[:limit]), 5)
+
+
 def measure_codes(model: Autoencoder, inputs: torch.Tensor, *, limit: int = 10000) -> CodeStats | None:
-    """Code statistics of the sigmoid code layer of a binary-code model (None for the others)."""
+    """Code statistics of the sigmoid code layer of a binary-code model (None for the others):
+    measured on `inputs` (fit passes the held-out split)."""
     if not model.binary_codes:
         return None
     sample = inputs[:limit]
+    if hasattr(model, "code_activations"):
+        return code_stats(torch.cat([model.code_activations(chunk) for chunk in sample.split(1024)]).numpy())
     with torch.no_grad():
         z = torch.cat([model.encode_pre(model.normalise(chunk)) for chunk in sample.split(1024)])
     # centred on the calibrated thresholds, so the stats' bits (activation > 0.5) are the model's bits

@@ -446,3 +446,61 @@ def test_random_shift_moves_each_image_by_its_own_offset_within_range() -> None:
     edge = torch.zeros(1, 1, 5, 5)
     edge[0, 0, 0, :] = 1.0
     assert variants.random_shift(edge, 4).sum() <= 5  # zeros shifted in, nothing wraps around
+
+
+# ------------------------------------------------------------------ noise-injected saturated codes
+def test_the_default_hashing_model_injects_noise_before_a_gained_sigmoid() -> None:
+    config = variants.make_config("hashing")
+    assert (config.noise_max, config.noise_ramp, config.code_gain, config.code_norm, config.hard_phase) == (4.0, 0.33, True, True, 1.0)
+
+
+def test_injected_noise_flips_the_hard_code_of_units_near_their_threshold(build_model) -> None:
+    model = build_model("hashing", input_shape=(1, 8, 8), code_size=16, hidden=(32,), noise_max=4.0, noise_ramp=0.5)
+    model.train()
+    z = torch.linspace(-0.5, 0.5, 64)[:, None].repeat(1, 16)  # (64, 16): units near their centre
+    standardised = model.preactivation(z) > 0
+    noisy = model.latent(z, progress=1.0)
+    assert set(noisy.unique().tolist()) <= {0.0, 1.0}  # hard 0/1 codes (straight-through)
+    assert (noisy.bool() != standardised).float().mean() > 0.2
+    quiet = model.latent(z, progress=0.0)  # the ramp starts at no noise
+    assert torch.equal(quiet.bool(), standardised)
+
+
+def test_gain_grows_so_units_saturate_and_resist_the_training_noise(fashion, build_model, fit_model) -> None:
+    x, held_out = fashion[0][:512], torch.from_numpy(fashion[1])
+    fields = {"code_size": 16, "hidden": (64,), "consistency": 0.0, "noise_max": 4.0, "noise_ramp": 0.3}
+    model = build_model("hashing", **fields)
+    fit_model(model, x, epochs=12)
+    model.calibrate(torch.from_numpy(x))
+    assert model.gain().mean() > 1.2  # learned, not fixed
+    saturated = ((model.code_activations(held_out) - 0.5).abs() > 0.4).float().mean()
+    frozen = build_model("hashing", code_gain=False, **fields)
+    fit_model(frozen, x, epochs=12)
+    frozen.calibrate(torch.from_numpy(x))
+    frozen_saturated = ((frozen.code_activations(held_out) - 0.5).abs() > 0.4).float().mean()
+    assert saturated > frozen_saturated + 0.1
+    assert model.noise_flip_share(held_out) < frozen.noise_flip_share(held_out)
+    no_noise = build_model("hashing", code_size=16, hidden=(64,), noise_max=0.0)
+    assert no_noise.noise_flip_share(held_out) == 0.0
+
+
+def test_a_checkpoint_written_before_the_gain_loads_with_gain_one(build_model) -> None:
+    model = build_model("hashing", input_shape=(1, 8, 8), code_size=16, hidden=(32,))
+    state = {k: v for k, v in model.state_dict().items() if k != "code_log_gain"}
+    other = build_model("hashing", seed=1, input_shape=(1, 8, 8), code_size=16, hidden=(32,))
+    with torch.no_grad():
+        other.code_log_gain.fill_(2.0)
+    other.load_state_dict(state)
+    assert torch.equal(other.gain(), torch.ones(16))
+
+
+def test_fit_default_knows_the_seeds_plain_recipe_and_reports_code_stats(fashion) -> None:
+    from hashae import recipes
+
+    fitted = recipes.fit_default("seed", fashion[0][:256], code_size=16, epochs=1, device="cpu")
+    c = fitted.model.config
+    assert (c.kind, c.noise_max, c.hard_phase, c.code_norm, c.code_gain, c.consistency, c.balance) == ("hashing", 4.0, 0.0, False, False, 0.0, 0.0)
+    assert c.corruption.kind == "none" and not fitted.model.median_threshold  # bits at sigmoid 0.5
+    stats = fitted.summary()["code_stats"]
+    assert {"saturated_share", "bit_balance_std", "mean_bit_entropy", "noise_flip_share"} <= set(stats)
+    assert 0 <= stats["noise_flip_share"] <= 1

@@ -183,9 +183,12 @@ class VAEConfig(AEConfig):
 class HashingConfig(AEConfig):
     """Semantic hashing: binary codes from a sigmoid code layer, bits = pre-activation above its
     threshold. The defaults are the product's recipe (tuned on Fashion-MNIST, benchmarks/tune_hashing.py):
-    batch-standardised code units seen by the decoder as hard 0/1 codes from the first step, a
-    bit-balance term, and a contrastive term pulling each item's code towards that of a label-free
-    neighbour against the rest of the batch.
+    a denoising autoencoder (masked input pixels) whose batch-standardised code units, times a
+    learned per-unit gain, get Gaussian noise ramped up before the sigmoid and are seen by the
+    decoder as hard 0/1 codes of the noisy units from the first step (straight-through), so the
+    units saturate by growing above the noise (the seed's mechanism); a bit-balance term, and a
+    contrastive term pulling each item's code towards that of a label-free neighbour against the
+    rest of the batch.
 
     noise_max, noise_ramp: N(0, sigma^2) noise added before the sigmoid in training, sigma ramped
     linearly from 0 to noise_max over the first noise_ramp share of training, so units saturate
@@ -205,14 +208,21 @@ class HashingConfig(AEConfig):
     (straight-through gradient of the sigmoid; 1 = from the start);
     code_norm: standardise each code unit over the batch before noise and sigmoid (batch
     normalisation without parameters), so no unit can saturate and die; bits are then the unit
-    above its training median (the calibrated bit_threshold).
+    above its training median (the calibrated bit_threshold);
+    code_gain: a learnable per-unit gain after the standardisation (BatchNorm's affine scale,
+    initialised to 1): the only way a standardised unit can grow above the injected noise, so
+    saturation is earned against the noise rather than set by a fixed scale (the balance,
+    decorrelation and consistency terms see the standardised units without it);
+    gain_speed: the gain is exp(gain_speed * a learned parameter), so an optimiser step moves its
+    logarithm gain_speed times as far as another weight's (Adam's steps are about lr in size).
 
-    The seed's plain recipe: noise_max=4, hard_phase=0, code_norm=false, consistency=0.
+    The seed's plain recipe (hashae.recipes.RECIPES["seed"], the bench's `seed` row): noise_max=4,
+    hard_phase=0, code_norm=false, code_gain=false, consistency=0, balance=0, no corruption.
     """
 
     code_size: int = setting(32, positive=True, multiple_of=8)
     hidden: tuple[int, ...] = setting((1024,), positive=True)  # one wide layer beat (512, 256) at 32 bits
-    noise_max: float = setting(0.0, at_least=0)
+    noise_max: float = setting(4.0, at_least=0)
     noise_ramp: float = setting(0.33, positive=True, at_most=1)
     balance: float = setting(1000.0, at_least=0)
     decorrelation: float | None = setting(None, at_least=0)
@@ -224,6 +234,8 @@ class HashingConfig(AEConfig):
     pair_shift: int | None = setting(None, at_least=0)
     hard_phase: float = setting(1.0, at_least=0, at_most=1)
     code_norm: bool = setting(True)
+    code_gain: bool = setting(True)
+    gain_speed: float = setting(4.0, positive=True)
     corruption: Corruption | None = setting(None)
     kind: ClassVar[str] = "hashing"
     IMAGE_MASKING: ClassVar[float] = 0.2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hashae.variants.base import Autoencoder
 from hashae.variants.config import HashingConfig
@@ -24,6 +25,42 @@ class HashingAutoencoder(Autoencoder):
         # Running per-unit scale of z (the centre runs in bit_threshold), so a held-out pass during
         # training standardises as training does. Not saved: calibration sets the thresholds after.
         self.register_buffer("code_scale", torch.ones(config.code_size), persistent=False)
+        # log of the per-unit gain after standardisation, over gain_speed (used when config.code_gain;
+        # always a parameter, so every hashing checkpoint has one layout)
+        self.code_log_gain = nn.Parameter(torch.zeros(config.code_size))
+        self._register_load_state_dict_pre_hook(_default_gain, with_module=True)
+
+    def gain(self) -> torch.Tensor:
+        """The per-unit gain (code_size,): learned with code_gain, else 1."""
+        if not self.config.code_gain:
+            return torch.ones_like(self.code_log_gain)
+        return (self.config.gain_speed * self.code_log_gain).exp()
+
+    def preactivation(self, z: torch.Tensor) -> torch.Tensor:
+        """What the noise is added to and the sigmoid applied to: gain * standardised z (B, bits)."""
+        return self.gain() * self.standardise(z)
+
+    @torch.no_grad()
+    def code_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """Sigmoid code activations (B, bits) of raw inputs at inference, centred on the calibrated
+        thresholds so activation > 0.5 is the model's bit (what the saturation share measures)."""
+        return torch.sigmoid(self._centred(x))
+
+    @torch.no_grad()
+    def noise_flip_share(self, x: torch.Tensor, *, seed: int = 0) -> float:
+        """Share of the bits of x that flip when the final training noise (noise_max) is added to
+        the pre-activations at inference; 0 without noise."""
+        if not self.config.noise_max:
+            return 0.0
+        a = self._centred(x)
+        generator = torch.Generator().manual_seed(seed)
+        noise = self.config.noise_max * torch.randn(a.shape, generator=generator)
+        return float(((a > 0) != (a + noise > 0)).float().mean())
+
+    def _centred(self, x: torch.Tensor) -> torch.Tensor:
+        z = self._code_slice(self.encode_pre(self.normalise(x))) - self.bit_threshold
+        scale = self.code_scale if self.config.code_norm else torch.ones_like(self.code_scale)
+        return self.gain() * z / scale
 
     def noise_std(self, progress: float) -> float:
         return self.config.noise_max * min(1.0, progress / self.config.noise_ramp)
@@ -37,10 +74,9 @@ class HashingAutoencoder(Autoencoder):
         statistics updated), by the running statistics otherwise. Without code_norm: z itself."""
         if not self.config.code_norm:
             return z
-        whole = self.whole_batch(z)  # (B, bits), B: the whole global batch in distributed training
-        if not (self.training and len(whole) > 1):
+        if not (self.training and len(z) > 1):
             return (z - self.bit_threshold) / self.code_scale
-        mean, std = whole.mean(0), whole.std(0) + 1e-5
+        mean, std = z.mean(0), z.std(0) + 1e-5
         with torch.no_grad():
             self.bit_threshold.lerp_(mean.detach(), 0.1)
             self.code_scale.lerp_(std.detach(), 0.1)
@@ -49,10 +85,12 @@ class HashingAutoencoder(Autoencoder):
     def latent(self, z, progress):
         if not self.training:
             return (z > self.bit_threshold).to(z.dtype)  # the decoder sees the hard code at inference
-        z = self.standardise(z)
-        soft = torch.sigmoid(z + self.noise_std(progress) * self.per_row_random(torch.randn_like, z))
+        noisy = self.preactivation(z) + self.noise_std(progress) * torch.randn_like(z)  # (B, bits)
+        soft = torch.sigmoid(noisy)
         if self.config.hard_phase and progress >= 1.0 - self.config.hard_phase:
-            return soft + ((z > 0).to(z.dtype) - soft).detach()  # hard code, straight-through gradient
+            # hard code of the noisy unit, straight-through gradient: noise flips the bits of units
+            # near their threshold, which the gain learns to avoid
+            return soft + ((noisy > 0).to(z.dtype) - soft).detach()
         return soft
 
     @property
@@ -65,10 +103,12 @@ class HashingAutoencoder(Autoencoder):
     def pair_penalties(self, z, z_pair, progress):
         c = self.config
         slope = 0.5 * (1.0 + (c.sharpen - 1.0) * progress)
+        # on the standardised units without the gain: the gain is the code layer's answer to the
+        # noise; through the tanh it over-sharpened the relaxed codes (32 bits, 20k items: 0.702
+        # against 0.727 mAP@1000, benchmarks/results/tuning-2026-11-30.md)
         u, v = torch.tanh(slope * self.standardise(z)), torch.tanh(slope * self.standardise(z_pair))  # (B, bits)
         if c.consistency_kind == "pull":
             return {"consistency": c.consistency * (u - v).pow(2).sum(1).mean()}
-        u, v = self.whole_batch(u), self.whole_batch(v)  # in-batch negatives from the whole global batch
         logits = F.normalize(u, dim=1) @ F.normalize(v, dim=1).T / c.temperature  # (B, B)
         target = torch.arange(len(u), device=u.device)
         nce = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
@@ -76,7 +116,7 @@ class HashingAutoencoder(Autoencoder):
 
     def penalties(self, x_in, z, h):
         c = self.config
-        p = self.whole_batch(torch.sigmoid(self.standardise(z)))  # (B, bits), B: the whole global batch
+        p = torch.sigmoid(self.standardise(z))  # (B, bits)
         terms = {"balance": c.balance * (p.mean(0) - 0.5).pow(2).sum()}
         if c.decorrelation:
             terms["decorrelation"] = c.decorrelation * offdiagonal_correlation(p)
@@ -84,15 +124,18 @@ class HashingAutoencoder(Autoencoder):
             terms["sparsity"] = c.sparsity * h.sum(1).mean()
         return terms
 
-    def whole_batch_terms(self):
-        whole = {"balance", "decorrelation"} | ({"consistency"} if self.config.consistency_kind == "infonce" else set())
-        return frozenset(whole)
-
     def sample_code_of(self, x):
         return self.bits(x).float()
 
     def prior_sample(self, n, generator):
         return (torch.rand(n, self.config.code_size, generator=generator) < 0.5).float()
+
+
+def _default_gain(module, state_dict, prefix, *args) -> None:
+    """State dicts saved before the learnable gain existed load with gain 1."""
+    key = prefix + "code_log_gain"
+    if key not in state_dict:
+        state_dict[key] = torch.zeros_like(module.code_log_gain)
 
 
 def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
