@@ -5,7 +5,7 @@ Only catalogued items get one, read from the indexed folder by their catalogued 
 would leave that folder (a `..` or a link pointing out) is refused all the same. A thumbnail keeps
 the original's colours and proportions, fits a square of the asked side and is never enlarged;
 PNG, or JPEG when the original is a JPEG. The file is decoded with the indexer's hardened reader
-(regular files only, a pixel cap before any pixel is allocated, the EXIF orientation applied).
+(index/pictures.py).
 """
 
 from __future__ import annotations
@@ -18,22 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import HTTPException
 from PIL import Image
 
-from hashae.decode import (
-    JPEG_FORMATS,
-    MAX_IMAGE_PIXELS,
-    _apply_orientation,
-    _check_pixel_count,
-    _open_image,
-    _reading,
-    _standard_mode,
-    has_image_extension,
-)
+from hashae.decode import JPEG_FORMATS, has_image_extension
 from hashae.errors import DataError
 from hashae.index.backends.base import ItemInfo
+from hashae.index.pictures import shrunk_picture
 from hashae.index.query import QueryEngine
 from hashae.index.server.errors import one_line
 
@@ -109,28 +100,10 @@ def thumbnail_of(path: Path, *, side: int) -> Picture:
     """The file decoded (hardened) and shrunk to fit side x side with its proportions kept; 410 when
     it can no longer be read."""
     try:
-        with _reading(path), _open_image(path) as img:
-            _check_pixel_count(img, MAX_IMAGE_PIXELS)
-            is_jpeg = img.format in JPEG_FORMATS
-            if is_jpeg:
-                img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (side, side))  # libjpeg scales down
-            img.load()
-            _apply_orientation(img)
-            shown = _displayable(img)
-            shown.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        shown, file_format = shrunk_picture(path, side=side)
     except DataError as error:
         raise HTTPException(status_code=410, detail=f"the item's file can no longer be read ({one_line(error)}); re-run `hashae index`") from None
-    return _encoded(shown, jpeg=is_jpeg and shown.mode in ("L", "RGB"))
-
-
-def _displayable(img: Image.Image) -> Image.Image:
-    """L, LA, RGB or RGBA, as a browser shows them (16-bit and float grey scaled to 8 bits)."""
-    if img.mode.startswith("I") or img.mode == "F":
-        scale = np.float32(255.0 if img.mode == "F" else 255.0 / 65535)  # float grey is taken as [0, 1]
-        values = np.clip(np.asarray(img.convert("F"), dtype=np.float32) * scale, 0, 255)
-        return Image.fromarray(values.astype(np.uint8), mode="L")
-    channels = 1 if img.mode in ("1", "L", "LA", "La") else 3
-    return _standard_mode(img, channels)
+    return _encoded(shown, jpeg=file_format in JPEG_FORMATS and shown.mode in ("L", "RGB"))
 
 
 def _encoded(img: Image.Image, *, jpeg: bool) -> Picture:
