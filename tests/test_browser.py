@@ -119,3 +119,40 @@ def test_upload_a_picture(page, server, tmp_path):
     assert "not an image" in tab.locator("#error").inner_text()
     real_problems = [p for p in problems if "400" not in p]  # the refused upload logs its 400
     assert not real_problems, real_problems
+
+
+def test_photos_show_as_real_thumbnails(tmp_path_factory, tmp_path):
+    """A folder of colour photos: the cards show each original shrunk (colour, its proportions,
+    up to 256 px), not the store's small grey model input."""
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    from serving import cli
+    from test_thumbnails import PHOTOS, photo
+
+    root = tmp_path_factory.mktemp("browser-photos")
+    images, store = root / "images", root / "store"
+    images.mkdir()
+    for seed, (name, (width, height, colour)) in enumerate(PHOTOS.items()):
+        photo(width, height, colour, seed).save(images / name)
+    cli("index", images, "--store", store, "--epochs", 1, "--bits", 16, "-q")
+    with Server(store) as running, sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900}
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        tab = context.pages[0] if context.pages else context.new_page()
+        tab.goto(running.url + "/")
+        tab.wait_for_selector("#browse button")
+        tab.locator("#browse button").first.click()
+        tab.wait_for_function("document.querySelectorAll('#results .card').length === 20")
+        tab.wait_for_function("[...document.querySelectorAll('#results img')].every(img => img.complete && img.naturalWidth > 0)")
+        sizes = tab.evaluate("[...document.querySelectorAll('#results .card')].map(card => [card.querySelector('.path').textContent, card.querySelector('img').naturalWidth, card.querySelector('img').naturalHeight])")
+        for name, width, height in sizes:
+            original_width, original_height, _ = PHOTOS[name]
+            scale = min(1.0, 256 / max(original_width, original_height))
+            assert abs(width - original_width * scale) <= 1 and abs(height - original_height * scale) <= 1, name
+        assert any(width == 256 for _, width, _ in sizes)  # the large photos came down to 256 px, sharp on the card
+        assert tab.locator("#qopen").get_attribute("href").endswith("/original")
+        tab.screenshot(path=str(tmp_path / "photos.png"), full_page=True)
+        context.close()
