@@ -102,3 +102,20 @@ def test_remove_store_refuses_while_another_writer_holds_it(store, tmp_path):
     with open_store(copy) as opened, opened.writer():
         result = run("remove-store", "--store", copy, "--yes")
     assert result.exit_code == 1 and copy.is_dir() and (copy / "catalogue.db").is_file()
+
+
+def test_remove_store_removes_a_milvus_lite_store(tmp_path):
+    pytest.importorskip("milvus_lite", reason="Milvus Lite is not installed (pip install 'hashae[milvus]')")
+    from test_milvus_backend import DIM, fill
+
+    from hashae.index.backends.milvus.store import MilvusStore
+
+    folder = tmp_path / "store"
+    opened = MilvusStore.open(folder, create=True)
+    rng = np.random.default_rng(0)
+    fill(opened, np.packbits(rng.random((20, 32)) < 0.5, axis=1), rng.random((20, DIM)).astype(np.float32), [f"i{i}.png" for i in range(20)])
+    opened.close()
+    assert (folder / "milvus.db").exists()
+    result = run("remove-store", "--store", folder, "--yes")
+    assert result.exit_code == 0, result.output
+    assert not folder.exists()
