@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from hashae.cli.common import JsonOption, StoreOption, handle_errors, print_json, store_path
+from hashae.cli.common import JsonOption, QuietOption, StoreOption, handle_errors, print_json, store_path
 
 
 def register(app: typer.Typer) -> None:
@@ -20,22 +20,24 @@ def duplicates(
     latent_max: float = typer.Option(None, "--latent-max", help="Also require a squared distance between VAE means at most this (default: calibrated with the threshold).", min=0.0, show_default=False),
     codes_only: bool = typer.Option(False, "--codes-only", help="Group by Hamming distance alone, without the latent confirmation (looser: look-alikes join)."),
     store: Path = StoreOption,
+    quiet: bool = QuietOption,
     as_json: bool = JsonOption,
 ) -> None:
     """List every group of near-duplicate items in the store: exact copies (the same file content)
     and altered copies (re-encoded, resized, retouched) of one image. Each group is anchored on its
     earliest file; every member is within the threshold of the anchor."""
+    from hashae.cli.progress import reporter
     from hashae.index.backends import open_store
     from hashae.index.duplicates import DEFAULT_LATENT_MAX, Threshold, default_threshold, duplicates_document
 
     if codes_only and latent_max is not None:
         raise typer.BadParameter("give either --codes-only or --latent-max", param_hint="--codes-only")
     started = time.perf_counter()
-    with open_store(store_path(store)) as opened:  # not short-lived: many ball look-ups
+    with open_store(store_path(store)) as opened, reporter(quiet) as report:  # not short-lived: many look-ups
         view = opened.snapshot()
         radius = default_threshold(view.settings.bits).radius if threshold is None else threshold
         limit = None if codes_only else (DEFAULT_LATENT_MAX if latent_max is None else latent_max)
-        document = duplicates_document(view, threshold=Threshold(radius, limit))
+        document = duplicates_document(view, threshold=Threshold(radius, limit), report=report)
     document["seconds"] = round(time.perf_counter() - started, 3)
     if as_json:
         print_json(document)

@@ -27,13 +27,13 @@ confirmation is what makes a group a group of copies rather than of look-alikes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from hashae.errors import HashaeError
+from hashae.events import Reporter, task
 from hashae.index.backends.base import ItemInfo, ReadView
 
 # Calibrated with `python -m hashae.index.bench_duplicates --store S` (S: a store of Fashion-MNIST's
@@ -102,27 +102,29 @@ def find_duplicate_groups(
     view: ReadView,
     *,
     threshold: Threshold | None = None,
-    progress: Callable[[int], None] | None = None,
+    report: Reporter | None = None,
 ) -> list[DuplicateGroup]:
     """Every group of near-duplicate items of a generation (groups of one are left out), in anchor
     order (earliest first); within a group, the anchor first, then by (hamming, latent, id).
 
     threshold: when two items are copies (default: default_threshold for the view's code length).
-    progress: called now and then with the number of items visited so far.
+    report: progress as events (the task "finding duplicates", counted in items visited).
     """
     threshold = check_threshold(threshold or default_threshold(view.settings.bits), bits=view.settings.bits)
     ids = view.item_ids()
     if not len(ids):
         return []
     infos = view.items(ids.tolist())
-    return _Walk(view, ids, infos, _Units.of(ids, infos), threshold, progress).groups()
+    units = _Units.of(ids, infos)
+    with task(report, "finding duplicates", total=len(units.order)) as progress:
+        return _Walk(view, ids, infos, units, threshold).groups(progress)
 
 
-def duplicates_document(view: ReadView, *, threshold: Threshold | None = None) -> dict[str, Any]:
+def duplicates_document(view: ReadView, *, threshold: Threshold | None = None, report: Reporter | None = None) -> dict[str, Any]:
     """The groups as one JSON-ready document (what `hashae duplicates --json` prints): the
     threshold used, the generation's item count, and the groups (ids, paths, distances)."""
     threshold = threshold or default_threshold(view.settings.bits)
-    groups = find_duplicate_groups(view, threshold=threshold)
+    groups = find_duplicate_groups(view, threshold=threshold, report=report)
     return {
         "threshold": threshold.as_dict(), "generation": view.gen, "items": view.n_items,
         "grouped_items": sum(len(g) for g in groups), "groups": [g.as_dict() for g in groups],
@@ -167,15 +169,15 @@ class _Units:
 class _Walk:
     """The anchored walk over the units, earliest first (see the module docstring)."""
 
-    def __init__(self, view: ReadView, ids, infos, units: _Units, threshold: Threshold, progress) -> None:
+    def __init__(self, view: ReadView, ids, infos, units: _Units, threshold: Threshold) -> None:
         self.view, self.ids, self.infos, self.units, self.threshold = view, ids, infos, units, threshold
-        self.progress = progress
         self.codes = view.codes_of(ids)
         self.latents = view.latents_of(ids)  # distances are reported even when not a condition
         self.grouped = np.zeros(len(ids), bool)
         self.balls: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # code bytes -> its ball
 
-    def groups(self) -> list[DuplicateGroup]:
+    def groups(self, progress) -> list[DuplicateGroup]:
+        """Every group of more than one item; progress (an events Task) advanced per chunk of units."""
         groups = []
         order = self.units.order
         for start in range(0, len(order), LOOKUP_CHUNK):
@@ -187,8 +189,7 @@ class _Walk:
                 group = self._group_of(anchor, *self.balls[self.codes[anchor].tobytes()])
                 if len(group.members) > 1:
                     groups.append(group)
-            if self.progress is not None:
-                self.progress(min(start + LOOKUP_CHUNK, len(order)))
+            progress.advance(min(LOOKUP_CHUNK, len(order) - start))
         return groups
 
     def _look_up(self, anchors: list[int]) -> None:

@@ -196,7 +196,7 @@ def test_cli_table_lists_each_grouped_item(view, duplicates_store):
     _, store, copies = duplicates_store
     result = invoke("--store", str(store))
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     default = default_threshold(view.settings.bits)
     assert lines[0].startswith(f"{len(find_duplicate_groups(view))} groups of near-duplicates")
     assert f"Hamming <= {default.radius}, latent <= {default.latent_max:g}" in lines[0]
@@ -204,7 +204,8 @@ def test_cli_table_lists_each_grouped_item(view, duplicates_store):
         assert any(line.split()[-2:] == ["anchor", base] for line in lines), base
         assert any(line.split()[-2:] == ["exact", names[0]] for line in lines), names[0]
     codes_only = invoke("--store", str(store), "--codes-only", "-t", "0")
-    assert "Hamming <= 0, codes only" in codes_only.output.splitlines()[0]
+    assert "Hamming <= 0, codes only" in codes_only.stdout.splitlines()[0]
+    assert invoke("--store", str(store), "--quiet").stderr == ""
 
 
 def test_cli_refuses_bad_arguments_in_one_line(tmp_path, duplicates_store):
