@@ -74,9 +74,10 @@ class HashingAutoencoder(Autoencoder):
         statistics updated), by the running statistics otherwise. Without code_norm: z itself."""
         if not self.config.code_norm:
             return z
-        if not (self.training and len(z) > 1):
+        whole = self.whole_batch(z)  # (B, bits), B: the whole global batch in distributed training
+        if not (self.training and len(whole) > 1):
             return (z - self.bit_threshold) / self.code_scale
-        mean, std = z.mean(0), z.std(0) + 1e-5
+        mean, std = whole.mean(0), whole.std(0) + 1e-5
         with torch.no_grad():
             self.bit_threshold.lerp_(mean.detach(), 0.1)
             self.code_scale.lerp_(std.detach(), 0.1)
@@ -85,7 +86,7 @@ class HashingAutoencoder(Autoencoder):
     def latent(self, z, progress):
         if not self.training:
             return (z > self.bit_threshold).to(z.dtype)  # the decoder sees the hard code at inference
-        noisy = self.preactivation(z) + self.noise_std(progress) * torch.randn_like(z)  # (B, bits)
+        noisy = self.preactivation(z) + self.noise_std(progress) * self.per_row_random(torch.randn_like, z)  # (B, bits)
         soft = torch.sigmoid(noisy)
         if self.config.hard_phase and progress >= 1.0 - self.config.hard_phase:
             # hard code of the noisy unit, straight-through gradient: noise flips the bits of units
@@ -109,6 +110,7 @@ class HashingAutoencoder(Autoencoder):
         u, v = torch.tanh(slope * self.standardise(z)), torch.tanh(slope * self.standardise(z_pair))  # (B, bits)
         if c.consistency_kind == "pull":
             return {"consistency": c.consistency * (u - v).pow(2).sum(1).mean()}
+        u, v = self.whole_batch(u), self.whole_batch(v)  # in-batch negatives from the whole global batch
         logits = F.normalize(u, dim=1) @ F.normalize(v, dim=1).T / c.temperature  # (B, B)
         target = torch.arange(len(u), device=u.device)
         nce = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
@@ -116,13 +118,17 @@ class HashingAutoencoder(Autoencoder):
 
     def penalties(self, x_in, z, h):
         c = self.config
-        p = torch.sigmoid(self.standardise(z))  # (B, bits)
+        p = self.whole_batch(torch.sigmoid(self.standardise(z)))  # (B, bits), B: the whole global batch
         terms = {"balance": c.balance * (p.mean(0) - 0.5).pow(2).sum()}
         if c.decorrelation:
             terms["decorrelation"] = c.decorrelation * offdiagonal_correlation(p)
         if c.sparsity:
             terms["sparsity"] = c.sparsity * h.sum(1).mean()
         return terms
+
+    def whole_batch_terms(self):
+        whole = {"balance", "decorrelation"} | ({"consistency"} if self.config.consistency_kind == "infonce" else set())
+        return frozenset(whole)
 
     def sample_code_of(self, x):
         return self.bits(x).float()
