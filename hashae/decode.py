@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from hashae.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff")
+_EXTENSION_SET = frozenset(IMAGE_EXTENSIONS)
 # Pillow's default warning threshold (about 89 megapixels); larger images are refused, not decoded.
 MAX_IMAGE_PIXELS = 89_478_485
 MAX_IMAGE_SIZE = 4096  # largest side length decode_image produces
@@ -103,8 +104,10 @@ def image_channels_of(path: str | os.PathLike) -> int:
 
 
 def has_image_extension(name: str) -> bool:
-    """Whether a file name ends in one of IMAGE_EXTENSIONS (case-insensitive)."""
-    return os.path.splitext(name)[1][1:].lower() in IMAGE_EXTENSIONS
+    """Whether a file name ends in one of IMAGE_EXTENSIONS (case-insensitive; as os.path.splitext
+    sees extensions: leading dots are not one)."""
+    head, dot, extension = name.rpartition(".")
+    return bool(dot) and bool(head.lstrip(".")) and extension.lower() in _EXTENSION_SET
 
 
 def check_image_args(*, size: int, channels: int) -> None:

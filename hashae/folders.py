@@ -17,6 +17,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from hashae.decode import has_image_extension, image_channels_of, not_regular_reason
 from hashae.errors import DataError
@@ -24,12 +25,12 @@ from hashae.errors import DataError
 CHANNEL_SAMPLE_SIZE = 64  # images looked at to detect grayscale folders
 
 
-@dataclass(frozen=True)
-class ImageFile:
+class ImageFile(NamedTuple):
     """An image in a folder: its posix path relative to the root, and its class label.
 
     label is the first subfolder under the root (root/cat/x/1.png -> "cat"); None at the top level.
     size and mtime_ns are what the folder's listing saw (None when not listed by scan_folder).
+    (A named tuple: folders list millions and shards carry thousands to worker processes.)
     """
 
     relpath: str

@@ -50,7 +50,7 @@ AUTO_PROCESSES_MIN_FILES = 20_000
 class IndexOptions:
     """What `hashae index` was asked for. None means: keep the store's setting, or the default.
 
-    executor: "auto", "sequential" or "processes" (index/executors.py); workers: processes to use
+    executor: "auto", "sequential", "processes" or "ray" (index/executors.py); workers: processes to use
     (None: one per core); batch_size: files per shard (None: ENCODE_BATCH); max_file_size: larger
     files are recorded as skipped, unread; repoint: let this store index a folder other than the
     one it was built from (its items not found there are removed).
@@ -71,6 +71,7 @@ class IndexOptions:
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     repoint: bool = False
     nproc: int = 1  # training processes (torch DDP); encoding is the executor's
+    address: str | None = None  # --executor ray: the cluster's address (None: a private local cluster)
 
 
 @dataclass
@@ -162,6 +163,18 @@ def index_folder(store_path: Path, root: Path, options: IndexOptions, *, report:
     return summary
 
 
+@dataclass(frozen=True)
+class _Look:
+    """What a run found before changing anything."""
+
+    live: dict[str, LiveItem]
+    models: ModelPair | None
+    training: bool
+    asked: dict[str, int | None]
+    stage: EncoderStage | None
+    plan: Plan
+
+
 class _Run:
     """One index run under the store's write lock."""
 
@@ -175,39 +188,49 @@ class _Run:
         self.skipped_before: set[str] = set()  # paths recorded as skipped when the run began
 
     def run(self) -> None:
-        store, writer, options = self.store, self.writer, self.options
         with self.timer("scan"):
-            current = store.settings()
-            live = writer.live_items()
-            _check_same_folder(store, current, self.root, repoint=options.repoint)
-            models = store.latest_models()
-            training = options.retrain or models is None
-            asked = _asked_settings(current, options, training=training)
-            stage = None if training else _load_stage(store, models)
-            plan = plan_changes(self.root, self.listing, live)
-            self.skipped_before = {item.path for item in store.skipped()}
-            if self.listing.skipped:
-                writer.record_skipped(_skip_entries(self.listing.skipped))
-        self.summary.unchanged = 0 if training else len(plan.unchanged)
-        self.summary.removed = len(plan.gone)
-        to_encode = self.listing.files if training else plan.to_add
+            look = self._look()
+        self.summary.unchanged = 0 if look.training else len(look.plan.unchanged)
+        self.summary.removed = len(look.plan.gone)
+        to_encode = self.listing.files if look.training else look.plan.to_add
         with self._executor(len(to_encode)) as executor:
             self.summary.executor = f"{executor.name} ({executor.workers} worker{'s' * (executor.workers > 1)})"
-            if training:
-                models, settings, kept, to_encode = self._train(executor, asked, to_encode, live)
-                stage_dirs = (str(store.model_dir(models.hashing)), str(store.model_dir(models.latent)))
+            if look.training:
+                models, settings, kept, to_encode = self._train(executor, look.asked, to_encode, look.live)
             else:
-                settings = _settings_of(stage, _source_of(self.root, store.root))
-                writer.set_settings(settings)
-                writer.remove_items(plan.changed + plan.gone)
-                writer.update_mtimes(plan.touched)
-                kept, stage_dirs = [], (str(store.model_dir(models.hashing)), str(store.model_dir(models.latent)))
+                models, settings, kept = look.models, self._apply_plan(look), []
             with self.timer("encode"):
-                self._encode(executor, kept, to_encode, stage_dirs, settings)
+                self._encode(executor, kept, to_encode, self._model_dirs(models), settings)
         self._forget_skipped_files_gone()
         with self.timer("commit"):
             self._commit_if_changed(settings, models)
-        self.summary.skipped = len(store.skipped())
+        self.summary.skipped = len(self.store.skipped())
+
+    def _look(self) -> _Look:
+        """What the store holds, what the run will do, and the plan; records the listing's skipped files."""
+        store, options = self.store, self.options
+        current = store.settings()
+        _check_same_folder(store, current, self.root, repoint=options.repoint)
+        live = self.writer.live_items()
+        models = store.latest_models()
+        training = options.retrain or models is None  # decided before any checkpoint is loaded
+        asked = _asked_settings(current, options, training=training)
+        stage = None if training else _load_stage(store, models)
+        self.skipped_before = {item.path for item in store.skipped()}
+        if self.listing.skipped:
+            self.writer.record_skipped(_skip_entries(self.listing.skipped))
+        return _Look(live, models, training, asked, stage, plan_changes(self.root, self.listing, live))
+
+    def _apply_plan(self, look: _Look) -> StoreSettings:
+        """Without training: the settings of the current models, and the plan's removals and mtimes."""
+        settings = _settings_of(look.stage, _source_of(self.root, self.store.root))
+        self.writer.set_settings(settings)
+        self.writer.remove_items(look.plan.changed + look.plan.gone)
+        self.writer.update_mtimes(look.plan.touched)
+        return settings
+
+    def _model_dirs(self, models: ModelPair) -> tuple[str, str]:
+        return str(self.store.model_dir(models.hashing)), str(self.store.model_dir(models.latent))
 
     # ------------------------------------------------------------------------------- training
     def _train(self, executor: Executor, asked: dict[str, int | None], files: list[ImageFile], live: dict[str, LiveItem]):
@@ -305,7 +328,8 @@ class _Run:
     @contextmanager
     def _executor(self, files: int) -> Iterator[Executor]:
         options = self.options
-        executor = make_executor(options.executor, workers=options.workers, work=files, auto_threshold=AUTO_PROCESSES_MIN_FILES)
+        executor = make_executor(options.executor, workers=options.workers, work=files, auto_threshold=AUTO_PROCESSES_MIN_FILES,
+                                 address=options.address)  # fmt: skip
         with executor:
             yield executor
 
