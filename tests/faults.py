@@ -88,13 +88,14 @@ class Tally:
     lock_refusals: int = 0
     reads: int = 0
     items_lost: int = 0
+    comparisons: int = 0
     failures: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
         return {
             "trials": self.trials, "killed": self.killed, "finished": self.finished,
             "lock_refusals": self.lock_refusals, "reads": self.reads, "items_lost": self.items_lost,
-            "failures": len(self.failures),
+            "comparisons": self.comparisons, "failures": len(self.failures),
         }  # fmt: skip
 
 
@@ -148,26 +149,39 @@ class Readers:
 def killed_run(folder: Path, store: Path, *, delay: float, tally: Tally) -> None:
     """Start `hashae index`, SIGKILL it after `delay` seconds (unless it finished), then check that
     the store still reads and lost nothing it had committed before."""
+    killed_runs(folder, store, delays=[delay], tally=tally)
+
+
+def killed_runs(folder: Path, store: Path, *, delays: list[float], tally: Tally) -> None:
+    """Start one `hashae index` per delay at once (concurrent writers: all but one must be refused
+    by the write lock, in one line), SIGKILL each after its delay unless it ended, then check that
+    the store still reads and lost nothing it had committed before. One trial."""
     _, before = committed_state(store)
-    process = subprocess.Popen(index_command(folder, store), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=REPO)
-    try:
-        process.wait(timeout=delay)
-        tally.finished += 1
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        tally.killed += 1
-    stderr = process.stderr.read().decode(errors="replace")
-    process.stdout.close(), process.stderr.close()
-    if process.returncode not in (0, -signal.SIGKILL):
-        if "another process" in stderr or "locked" in stderr:
+    started = time.monotonic()
+    processes = [
+        (delay, subprocess.Popen(index_command(folder, store), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, cwd=REPO))
+        for delay in delays
+    ]
+    for delay, process in sorted(processes, key=lambda pair: pair[0]):
+        try:
+            process.wait(timeout=max(0.0, started + delay - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        stderr = process.stderr.read().decode(errors="replace")
+        process.stderr.close()
+        if process.returncode == -signal.SIGKILL:
+            tally.killed += 1
+        elif process.returncode == 0:
+            tally.finished += 1
+        elif "another hashae writer" in stderr and len(stderr.strip().splitlines()) == 1:
             tally.lock_refusals += 1
         else:
             tally.failures.append(f"index exited {process.returncode}: {stderr.strip()[-300:]}")
     tally.trials += 1
     try:
         _, after = committed_state(store)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - any failure to read is what we count
         tally.failures.append(f"store unreadable after a kill: {type(error).__name__}: {error}")
         return
     compare_states(before, after, tally, what="after a kill")
@@ -176,11 +190,10 @@ def killed_run(folder: Path, store: Path, *, delay: float, tally: Tally) -> None
 def finish_and_compare(folder: Path, store: Path, start: Path, tally: Tally, *, scratch: Path) -> None:
     """Let a run finish on the killed store, and compare it with an uninterrupted run from `start`
     (a copy of the store before any trial) on the same folder: same items, codes and skipped files."""
-    for where in (store,):
-        done = subprocess.run(index_command(folder, where), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
-        if done.returncode != 0:
-            tally.failures.append(f"the finishing run failed: {done.stderr.strip()[-300:]}")
-            return
+    done = subprocess.run(index_command(folder, store), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+    if done.returncode != 0:
+        tally.failures.append(f"the finishing run failed: {done.stderr.strip()[-300:]}")
+        return
     reference = scratch / "uninterrupted"
     shutil.rmtree(reference, ignore_errors=True)
     shutil.copytree(start, reference)
@@ -197,6 +210,7 @@ def finish_and_compare(folder: Path, store: Path, start: Path, tally: Tally, *, 
         tally.failures.append(f"re-run differs from an uninterrupted run: missing {missing[:3]}, extra {extra[:3]}, codes {differ[:3]}")
     if skipped_paths(store) != skipped_paths(reference):
         tally.failures.append("re-run's skipped files differ from an uninterrupted run's")
+    tally.comparisons += 1
     check = run_hashae("check", "--store", store)
     if check.returncode != 0:
         tally.failures.append(f"hashae check after the trials: {check.stderr.strip()[-300:]}")

@@ -13,7 +13,7 @@ from hashae.index.backends.base import StoreBackend
 from hashae.index.server.engines import EngineHolder
 from hashae.index.server.docs import add_docs_page
 from hashae.index.server.errors import invalid_request
-from hashae.index.server.guards import BodyLimit, HostGuard, TokenGuard
+from hashae.index.server.guards import BodyLimit, HostGuard, TokenGuard, redact_tokens_in_access_log
 from hashae.index.server.routes import add_routes
 from hashae.index.server.settings import ServerSettings
 
@@ -23,6 +23,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 def create_app(store: StoreBackend, settings: ServerSettings | None = None, *, start_watcher: bool = True) -> FastAPI:
     """The ASGI app serving `store` (opened for reading from several threads); loads the engine now."""
     settings = settings or ServerSettings()
+    redact_tokens_in_access_log()  # a --access-log must not keep the ?token= a client sent
     holder = EngineHolder(store, refresh_interval=settings.refresh_interval)
 
     @asynccontextmanager

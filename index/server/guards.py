@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
+import re
 from typing import Any
 from urllib.parse import parse_qs
 
 UNPROTECTED_PATHS = ("/api/health",)
+MINIMAL_HEALTH = {"status": "ok"}  # all /api/health says to a client without the token
+TOKEN_IN_QUERY = re.compile(r"(?i)((?:^|[?&;])token=)[^&;#\s]*")
 
 
 class HostGuard:
@@ -35,12 +39,16 @@ class HostGuard:
 
 
 class TokenGuard:
-    """With a token set, every request but /api/health needs it (Bearer header or ?token=): 401."""
+    """With a token set, every request but /api/health needs it (Bearer header or ?token=): 401.
+    /api/health without the token answers only {"status": "ok"} (no item count, no generation)."""
 
     def __init__(self, app, *, token: str | None) -> None:
         self.app, self.token = app, token
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and self.token and scope["path"] in UNPROTECTED_PATHS and not self._authorised(scope):
+            await send_json(send, 200, MINIMAL_HEALTH)  # alive, and nothing about the store
+            return
         if scope["type"] == "http" and self.token and scope["path"] not in UNPROTECTED_PATHS:
             if not self._authorised(scope):
                 await send_json(
@@ -133,3 +141,26 @@ def host_name(host: str) -> str:
     if host.startswith("["):
         return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def redact_token(text: str) -> str:
+    """A path or request line with every ?token= value replaced by ***."""
+    return TOKEN_IN_QUERY.sub(r"\1***", text)
+
+
+class RedactTokens(logging.Filter):
+    """Keeps ?token= values out of uvicorn's access log (its record's args hold the full path)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_token(arg) if isinstance(arg, str) else arg for arg in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = redact_token(record.msg)
+        return True
+
+
+def redact_tokens_in_access_log(logger_name: str = "uvicorn.access") -> None:
+    """Install RedactTokens on the access logger once."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(existing, RedactTokens) for existing in logger.filters):
+        logger.addFilter(RedactTokens())

@@ -16,7 +16,7 @@ from hashae.index.server.engines import EngineHolder, Served, now
 from hashae.index.server.errors import answer_or_error
 from hashae.index.server.settings import ServerSettings
 from hashae.index.server.thumbnails import DEFAULT_SIDE, MAX_SIDE, MIN_SIDE, ThumbnailCache, original_media_type, original_path
-from hashae.index.server.uploads import uploaded_image
+from hashae.index.server.uploads import UploadDecoder, uploaded_image
 
 MAX_K = 1000
 MAX_SAMPLE = 200
@@ -26,6 +26,7 @@ TIES_HELP = "Order within equal Hamming distance: latent (by VAE-mean distance, 
 def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> None:
     """Register the /api endpoints on app."""
     thumbnails = ThumbnailCache()
+    decoder = UploadDecoder(max_pixels=settings.max_upload_pixels, max_concurrent=settings.max_concurrent_decodes)
     started_at = now()
 
     @app.get("/api/health", summary="Liveness and the generation being served")
@@ -63,7 +64,7 @@ def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> 
     def sample_items(
         limit: int = Query(24, ge=1, le=MAX_SAMPLE),
         label: str | None = Query(None, description="Only items with this label."),
-        seed: int | None = Query(None, description="Repeatable sample."),
+        seed: int | None = Query(None, ge=0, description="Repeatable sample (a non-negative integer)."),
     ) -> dict[str, Any]:
         served = holder.served
         ids = served.ids if label is None else served.ids[served.labels == label]
@@ -157,7 +158,9 @@ def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> 
         data, name = await uploaded_image(request)
 
         def work(served: Served) -> dict[str, Any]:
-            answer = served.engine.query_image(data, label=name, mode=mode, k=_bounded(k, radius), radius=radius, ties=ties)
+            conf = served.engine.settings
+            pixels = decoder.decode(data, size=conf.image_size, channels=conf.channels)
+            answer = served.engine.query_pixels(pixels[None], label=name, mode=mode, k=_bounded(k, radius), radius=radius, ties=ties)
             return _answer_document(served, answer)
 
         return await run_in_threadpool(answer_or_error, holder, work)
