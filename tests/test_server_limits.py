@@ -127,3 +127,28 @@ def test_the_access_log_never_holds_the_token(server):
     assert answer.status_code == 200
     assert wait_for(lambda: "/api/stats?token=***" in server.log(), timeout=10), server.log()[-2000:]
     assert TOKEN not in server.log()
+
+
+def test_a_fifo_in_place_of_an_indexed_file_never_pins_a_thread(tmp_path_factory, tmp_path):
+    """Point 10 on the server side: the thumbnail and original of an item whose file became a FIFO
+    answer at once (the file is not a regular file any more), and the server keeps answering."""
+    import os
+
+    from serving import cli, copy_store
+
+    images, store = copy_store(*small_store(tmp_path_factory), tmp_path)
+    cli("index", images, "--store", store, "--repoint", "-q")  # serve files from the copy
+    with Server(store) as running, httpx.Client(base_url=running.url, timeout=20) as http:
+        item = http.get("/api/items", params={"limit": 1, "seed": 0}).json()["items"][0]
+        source = images / item["path"]
+        source.unlink()
+        os.mkfifo(source)
+        for endpoint in ("thumbnail", "original"):
+            started = time.perf_counter()
+            answer = http.get(f"/api/items/{item['id']}/{endpoint}")
+            if endpoint == "original":  # nothing to send: a reason
+                assert 400 <= answer.status_code < 500 and answer.json()["detail"], answer.text
+            else:  # a picture (the server may keep one made before) or a reason, at once
+                assert answer.status_code == 200 or (400 <= answer.status_code < 500 and answer.json()["detail"]), answer.text
+            assert time.perf_counter() - started < 5
+        assert http.get("/api/health").status_code == 200
