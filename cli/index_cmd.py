@@ -31,8 +31,9 @@ def index(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="Training device: auto, cpu or cuda."),
     nproc: int = typer.Option(1, "--nproc", help="Training processes on this machine (torch DDP: gloo on CPU, nccl with one GPU each).", min=1),
-    executor: str = typer.Option("auto", "--executor", help="Who reads and encodes: sequential (this process), processes (one worker per core), or auto (processes from 20000 files to read)."),
-    workers: int = typer.Option(None, "--workers", help="Worker processes for --executor processes (default: one per core).", min=1, show_default=False),
+    executor: str = typer.Option("auto", "--executor", help="Who reads and encodes: sequential (this process), processes (one worker per core), ray (a Ray cluster; pip install 'hashae[ray]'), or auto (processes from 20000 files to read)."),
+    workers: int = typer.Option(None, "--workers", help="Worker processes for --executor processes, or CPUs of the private local Ray cluster (default: one per core).", min=1, show_default=False),
+    address: str = typer.Option(None, "--address", help="With --executor ray: a running cluster's HOST:PORT (ray start --head; every node sees FOLDER and the store at the same paths). Default: a private local cluster, started and stopped here.", show_default=False),
     batch_size: int = typer.Option(None, "--batch-size", help="Files per batch: one read + encode task and one catalogue transaction (default 1024).", min=1, show_default=False),
     max_file_size: float = typer.Option(64, "--max-file-size", help="Files larger than this many MiB are skipped unread, with the reason recorded."),
     quiet: bool = QuietOption,
@@ -45,7 +46,10 @@ def index(
     # with one, on a busy 2-core machine). Set before numpy is imported, which this command does next.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from hashae.cli.progress import reporter
+    from hashae.index.executors import check_executor
     from hashae.index.pipeline import IndexOptions, index_folder
+
+    check_executor(executor, address=address)  # before the store is created
 
     options = IndexOptions(
         bits=bits,
@@ -63,6 +67,7 @@ def index(
         max_file_size=int(max_file_size * MIB),
         repoint=repoint,
         nproc=nproc,
+        address=address,
     )
     with reporter(quiet) as report:
         summary = index_folder(store_path(store), folder, options, report=report)

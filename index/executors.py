@@ -15,6 +15,8 @@ encoder stage do not depend on batch composition or process.
     processes   a pool of worker processes on this machine. Workers fork from a server process
                 that imported only numpy, Pillow and the reader/encoder modules (never torch),
                 with one BLAS thread each; they ignore Ctrl-C, which the caller handles.
+    ray         tasks on a Ray cluster: a private local one, or an existing one at `address`
+                (index/ray_executor.py; needs the optional extra hashae[ray], imported only here).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Protocol, TypeVar
 
 from hashae.errors import ConfigError
 
-EXECUTORS = ("auto", "sequential", "processes")
+EXECUTORS = ("auto", "sequential", "processes", "ray")
 TASKS_IN_FLIGHT_PER_WORKER = 4  # queued work per worker: never idle while a batch is written, little memory held
 WORKER_PRELOAD = "hashae.index.worker"  # what the worker server process imports before forking workers
 
@@ -127,13 +129,19 @@ class ProcessExecutor:
         return self._pool
 
 
-def make_executor(kind: str = "auto", *, workers: int | None = None, work: int = 0, auto_threshold: int = 0) -> Executor:
+def make_executor(kind: str = "auto", *, workers: int | None = None, work: int = 0, auto_threshold: int = 0,
+                  address: str | None = None) -> Executor:  # fmt: skip
     """The executor called `kind`. "auto": processes when there are `work` >= auto_threshold items
-    of work and more than one worker to give them to, else sequential."""
-    if kind not in EXECUTORS:
-        raise ConfigError(f"unknown executor {kind!r}; use one of: {', '.join(EXECUTORS)}")
+    of work and more than one worker to give them to, else sequential. "ray": on the Ray cluster at
+    `address` (None: a private local cluster of `workers` CPUs)."""
+    check_executor(kind, address=address)
     if workers is not None:
         check_workers(workers)
+    if kind == "ray":
+        from hashae.index.ray_executor import RayExecutor, check_ray_installed
+
+        check_ray_installed()  # a ConfigError now, not at the first map (ray is imported then)
+        return RayExecutor(address=address, workers=workers)
     if kind == "auto":
         many = (workers or available_cores()) > 1 and work >= auto_threshold
         kind = "processes" if many else "sequential"
@@ -146,6 +154,14 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def check_executor(kind: str, *, address: str | None = None) -> None:
+    """ConfigError unless `kind` is an executor, and `address` only given with ray."""
+    if kind not in EXECUTORS:
+        raise ConfigError(f"unknown executor {kind!r}; use one of: {', '.join(EXECUTORS)}")
+    if address is not None and kind != "ray":
+        raise ConfigError("--address is the Ray cluster's address: use it with --executor ray")
 
 
 def check_workers(workers: int) -> int:
