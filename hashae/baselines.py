@@ -156,7 +156,8 @@ def _fit_agh(x: np.ndarray, nbits: int, seed: int) -> list[Projection]:
     anchors_count = min(AGH_ANCHORS, len(x))
     if nbits >= anchors_count:
         raise ConfigError(f"agh gives fewer bits than anchors ({anchors_count}), asked for {nbits}: use more training data")
-    kmeans = faiss.Kmeans(x.shape[1], anchors_count, niter=KMEANS_ITERATIONS, seed=seed)
+    # min_points_per_centroid=1: small training sets are fine here (FAISS would print a warning)
+    kmeans = faiss.Kmeans(x.shape[1], anchors_count, niter=KMEANS_ITERATIONS, seed=seed, min_points_per_centroid=1)
     kmeans.train(x)
     anchors = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
     index = faiss.IndexFlatL2(x.shape[1])
