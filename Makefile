@@ -4,14 +4,18 @@ HASHAE  := .venv/bin/hashae
 DATA    := /usr/share/datasets/fashion-mnist
 DEMO    := demo
 
-.PHONY: setup data demo test test-all bench clean
+.PHONY: setup data demo scale-demo test test-all bench clean
+
+# pip's output goes to .venv/pip.log and is shown only when an install fails.
+PIP     := $(PY) -m pip install --quiet --disable-pip-version-check
 
 .venv/.installed: pyproject.toml
-	python3 -m venv .venv
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $@
+	@echo "setting up .venv (torch 2.13.0 CPU, hashae and its test extras; log in .venv/pip.log)"
+	@python3 -m venv .venv
+	@$(PIP) --upgrade pip > .venv/pip.log 2>&1 || { cat .venv/pip.log; exit 1; }
+	@$(PIP) torch==2.13.0 >> .venv/pip.log 2>&1 || { cat .venv/pip.log; exit 1; }
+	@$(PIP) -e '.[test,bench]' >> .venv/pip.log 2>&1 || { cat .venv/pip.log; exit 1; }
+	@touch $@
 
 setup: .venv/.installed data
 
@@ -25,6 +29,11 @@ demo: setup
 	$(HASHAE) index $(DEMO)/images --store $(DEMO)/store
 	$(HASHAE) query $(DEMO)/images/Sneaker/train_00006.png $(DEMO)/images/Bag/train_00035.png -k 5 --store $(DEMO)/store
 	$(HASHAE) info --store $(DEMO)/store
+	@echo
+	@echo "Next: $(HASHAE) serve --store $(DEMO)/store          (a web page at http://127.0.0.1:8000)"
+	@echo "      $(HASHAE) query YOUR_IMAGE.png --store $(DEMO)/store --mode hybrid"
+	@echo "      $(HASHAE) duplicates --store $(DEMO)/store"
+	@echo "      make scale-demo   (the same path on a local Ray cluster, Milvus Lite and 2-process DDP)"
 
 # One BLAS/OpenMP thread: the tests' nets are tiny, and spare threads only spin on a busy machine.
 test: setup
