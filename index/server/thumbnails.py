@@ -84,8 +84,10 @@ def original_path(engine: QueryEngine, info: ItemInfo) -> Path:
     file that is not an image by its name), 410 when it is gone."""
     root = Path(engine.settings.source_root or ".").resolve()
     path = (root / info.path).resolve()
-    if not path.is_relative_to(root) or not has_image_extension(path.name):
+    if not path.is_relative_to(root):
         raise HTTPException(status_code=404, detail="the item's file lies outside the indexed folder")
+    if not has_image_extension(path.name):  # a link renamed since indexing to point at something else
+        raise HTTPException(status_code=404, detail=f"the item's file {info.path} is no longer an image file; re-run `hashae index`")
     if not path.is_file():
         raise HTTPException(status_code=410, detail=f"the item's file {info.path} is gone; re-run `hashae index`")
     return path
