@@ -33,6 +33,8 @@ def index(
     nproc: int = typer.Option(1, "--nproc", help="Training processes on this machine (torch DDP: gloo on CPU, nccl with one GPU each).", min=1),
     executor: str = typer.Option("auto", "--executor", help="Who reads and encodes: sequential (this process), processes (one worker per core), ray (a Ray cluster; pip install 'hashae[ray]'), or auto (processes from 20000 files to read)."),
     workers: int = typer.Option(None, "--workers", help="Worker processes for --executor processes, or CPUs of the private local Ray cluster (default: one per core).", min=1, show_default=False),
+    backend: str = typer.Option(None, "--backend", help="Where a new store keeps its codes and latents: local (FAISS + SQLite in the store folder, the default) or milvus (a Milvus Lite file, or a server with --uri). An existing store keeps its own.", show_default=False),
+    uri: str = typer.Option(None, "--uri", help="With --backend milvus: a Milvus server's URI (http://HOST:19530; token in $HASHAE_MILVUS_TOKEN) or a Lite .db file. Default: milvus.db in the store folder.", show_default=False),
     address: str = typer.Option(None, "--address", help="With --executor ray: a running cluster's HOST:PORT (ray start --head; every node sees FOLDER and the store at the same paths). Default: a private local cluster, started and stopped here.", show_default=False),
     batch_size: int = typer.Option(None, "--batch-size", help="Files per batch: one read + encode task and one catalogue transaction (default 1024).", min=1, show_default=False),
     max_file_size: float = typer.Option(64, "--max-file-size", help="Files larger than this many MiB are skipped unread, with the reason recorded."),
@@ -68,6 +70,8 @@ def index(
         repoint=repoint,
         nproc=nproc,
         address=address,
+        backend=backend,
+        backend_uri=uri,
     )
     with reporter(quiet) as report:
         summary = index_folder(store_path(store), folder, options, report=report)

@@ -72,6 +72,8 @@ class IndexOptions:
     repoint: bool = False
     nproc: int = 1  # training processes (torch DDP); encoding is the executor's
     address: str | None = None  # --executor ray: the cluster's address (None: a private local cluster)
+    backend: str | None = None  # a new store's backend: "local" (default) or "milvus"
+    backend_uri: str | None = None  # --backend milvus: a Milvus server URI or Lite file (None: in the store)
 
 
 @dataclass
@@ -157,7 +159,7 @@ def index_folder(store_path: Path, root: Path, options: IndexOptions, *, report:
         listing = scan_folder(root)
     if options.executor == "processes" or (options.executor == "auto" and len(listing.files) >= AUTO_PROCESSES_MIN_FILES):
         start_worker_server()  # its imports overlap the plan (and the training, if any)
-    with open_store(store_path, create=True) as store, store.writer() as writer:
+    with open_store(store_path, create=True, backend=options.backend, backend_uri=options.backend_uri) as store, store.writer() as writer:
         _Run(store, writer, listing, options, report, summary, timer).run()
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
@@ -223,7 +225,7 @@ class _Run:
 
     def _apply_plan(self, look: _Look) -> StoreSettings:
         """Without training: the settings of the current models, and the plan's removals and mtimes."""
-        settings = _settings_of(look.stage, _source_of(self.root, self.store.root))
+        settings = _settings_of(look.stage, _source_of(self.root, self.store.root)).with_changes(**self.store.backend_fields())
         self.writer.set_settings(settings)
         self.writer.remove_items(look.plan.changed + look.plan.gone)
         self.writer.update_mtimes(look.plan.touched)
@@ -258,7 +260,8 @@ class _Run:
         self.summary.trained = True
         self.summary.training = training_summaries(trained)
         settings = StoreSettings(bits=asked["bits"], latent_dim=asked["latent_dim"], image_size=image_size,
-                                 channels=channels, **asdict(_source_of(self.root, self.store.root)))  # fmt: skip
+                                 channels=channels, **asdict(_source_of(self.root, self.store.root)),
+                                 **self.store.backend_fields())  # fmt: skip
         # Crash safety: checkpoints first (unrecorded folders are harmless), then every live item
         # dropped, then the pair recorded: items are only ever encoded by the newest recorded pair.
         self.writer.remove_items(row.id for row in live.values())

@@ -259,6 +259,10 @@ class StoreBackend(Protocol):
 
     def skipped(self) -> list[SkippedFile]: ...
 
+    def backend_fields(self) -> dict[str, str | None]:
+        """{"backend": name, "backend_uri": where the vectors live or None}: what this store's
+        StoreSettings must say (the pipeline copies them into the settings it sets)."""
+
     def writer(self) -> AbstractContextManager[WriteTransaction]:
         """Hold the store's write lock; StoreError when another writer holds it."""
 

@@ -127,6 +127,10 @@ class LocalStore:
         """The newest model pair recorded together (committed or not)."""
         return self.catalogue.latest_models() if self.exists() else None
 
+    def backend_fields(self) -> dict[str, str | None]:
+        """A local store keeps its vectors in its own folder."""
+        return {"backend": "local", "backend_uri": None}
+
     def skipped(self) -> list[SkippedFile]:
         """Every file the reader could not use, with its reason, by path."""
         return self.catalogue.skipped() if self.exists() else []

@@ -140,6 +140,10 @@ class MilvusStore:
     def latest_models(self) -> ModelPair | None:
         return self.catalogue.latest_models() if self.exists() else None
 
+    def backend_fields(self) -> dict[str, str | None]:
+        """A Milvus store's vectors live at its URI (a Lite file or a server)."""
+        return {"backend": "milvus", "backend_uri": self.catalogue.uri if self.exists() else self._uri}
+
     def skipped(self) -> list[SkippedFile]:
         return self.catalogue.skipped() if self.exists() else []
 
