@@ -35,6 +35,15 @@ demo: setup
 	@echo "      $(HASHAE) duplicates --store $(DEMO)/store"
 	@echo "      make scale-demo   (the same path on a local Ray cluster, Milvus Lite and 2-process DDP)"
 
+# The whole past-one-machine path, locally: a private Ray cluster encodes, Milvus Lite stores,
+# 2-process DDP (gloo) trains. Slower than `make demo` on one small machine; it shows the path works.
+scale-demo: setup
+	$(HASHAE) datasets export fashion-mnist $(DEMO)/images --split train --limit 6000
+	rm -rf $(DEMO)/store-scale
+	RAY_AUTH_MODE=disabled $(HASHAE) index $(DEMO)/images --store $(DEMO)/store-scale --backend milvus --executor ray --nproc 2
+	$(HASHAE) query $(DEMO)/images/Sneaker/train_00006.png -k 5 --store $(DEMO)/store-scale
+	$(HASHAE) info --store $(DEMO)/store-scale
+
 # One BLAS/OpenMP thread: the tests' nets are tiny, and spare threads only spin on a busy machine.
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest
