@@ -24,7 +24,8 @@ packing is not left to it.
   of M = Lambda^-1/2 Z^T Z Lambda^-1/2 after the trivial one, eigenvalues S, give the projection
   W = sqrt(n) Lambda^-1/2 V S^-1/2 (m, r); bit j = z(x) W_j >= 0 (the paper's out-of-sample rule).
 - sgh: Stochastic Generative Hashing, linear (Dai, Guo, Kumar, He, Song, ICML 2017): an encoder
-  q(h|x) = Bernoulli(sigmoid(W^T (x - mean) + b)) and a linear Gaussian decoder x ~ N(U h + c, I),
+  q(h|x) = Bernoulli(sigmoid(W^T (x - mean) + b)) and a linear Gaussian decoder
+  x ~ N(U h + c, sigma^2 I) with sigma learned,
   trained on the minimum-description-length objective (reconstruction error plus the KL divergence
   of q from the uniform bit prior) with binary stochastic neurons h = [sigmoid(.) > u], u ~ U(0, 1),
   whose gradient is the paper's distributional derivative (the sigmoid's gradient passed through
@@ -189,14 +190,16 @@ def _fit_sgh(x: np.ndarray, nbits: int, seed: int) -> list[Projection]:
     encoder_b = torch.nn.Parameter(torch.zeros(nbits))
     decoder_u = torch.nn.Parameter(0.01 * torch.randn(nbits, d, generator=generator))
     decoder_c = torch.nn.Parameter(torch.zeros(d))
-    optimizer = torch.optim.Adam([encoder_w, encoder_b, decoder_u, decoder_c], lr=SGH_LR)
+    log_variance = torch.nn.Parameter(torch.zeros(()))  # the decoder's noise variance, learned
+    optimizer = torch.optim.Adam([encoder_w, encoder_b, decoder_u, decoder_c, log_variance], lr=SGH_LR)
     for _ in range(SGH_EPOCHS):
         for rows in torch.randperm(len(data), generator=generator).split(SGH_BATCH):
             batch = data[rows]
             q = torch.sigmoid(batch @ encoder_w + encoder_b)  # (B, r)
             sample = (q > torch.rand(q.shape, generator=generator)).to(q.dtype)
             h = q + (sample - q).detach()  # binary stochastic neuron, gradient through the sigmoid
-            reconstruction = 0.5 * (batch - h @ decoder_u - decoder_c).pow(2).sum(1).mean()
+            squared_error = (batch - h @ decoder_u - decoder_c).pow(2).sum(1).mean()
+            reconstruction = 0.5 * squared_error / log_variance.exp() + 0.5 * d * log_variance
             q = q.clamp(1e-6, 1 - 1e-6)
             kl_to_fair_bits = (q * q.log() + (1 - q) * (1 - q).log() + np.log(2.0)).sum(1).mean()
             optimizer.zero_grad()
