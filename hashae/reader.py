@@ -19,9 +19,10 @@ file, so an image queried alone is decoded as it was when indexed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -29,7 +30,6 @@ import numpy as np
 
 from hashae.decode import ImageDecodeError, check_image_args, decode_image_with_channels, not_regular_reason
 from hashae.errors import ConfigError
-from hashae.fastpng import decode_plain_png_into
 from hashae.folders import CHANNEL_SAMPLE_SIZE, ImageFile, Skipped, evenly_spaced
 
 DEFAULT_MAX_FILE_SIZE = 64 << 20  # bytes; larger files are refused unread (--max-file-size)
@@ -251,11 +251,20 @@ def decode_into(data: bytes, out: np.ndarray) -> int:
     Plain PNGs take the fast path; the rest, and every damaged file, go through Pillow. Returns
     the channels of the file itself (1 grayscale, 3 colour); ImageDecodeError when it cannot be used.
     """
-    found = decode_plain_png_into(data, out)
+    found = _plain_png_decoder()(data, out)
     if found is None:
         channels, size, _ = out.shape
         out[...], found = decode_image_with_channels(data, size=size, channels=channels)
     return found
+
+
+@functools.cache
+def _plain_png_decoder() -> Callable[[bytes, np.ndarray], int | None]:
+    """hashae.fastpng's decoder, imported on first use: numba costs a process ~0.3 s to import,
+    which a process that only hands shards to workers never pays."""
+    from hashae.fastpng import decode_plain_png_into
+
+    return decode_plain_png_into
 
 
 def _os_reason(error: OSError) -> str:
