@@ -28,10 +28,11 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Protocol, TypeVar
 
-from hashae.errors import ConfigError
+from hashae.errors import ConfigError, HashaeError
 
 EXECUTORS = ("auto", "sequential", "processes", "ray")
 TASKS_IN_FLIGHT_PER_WORKER = 4  # queued work per worker: never idle while a batch is written, little memory held
@@ -39,6 +40,10 @@ WORKER_PRELOAD = "hashae.index.worker"  # what the worker server process imports
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+class WorkerDied(HashaeError):
+    """A worker process of an executor ended without finishing its task."""
 
 
 class Executor(Protocol):
@@ -98,7 +103,13 @@ class ProcessExecutor:
                 if len(in_flight) >= limit:
                     break
             while in_flight:
-                result = in_flight.popleft().result()
+                try:
+                    result = in_flight.popleft().result()
+                except BrokenProcessPool:
+                    raise WorkerDied(
+                        "a worker process died (out of memory?); what was written is kept: run the command again, "
+                        "with fewer --workers or --executor sequential"
+                    ) from None
                 for item in pending:
                     in_flight.append(pool.submit(function, item))
                     break

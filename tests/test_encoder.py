@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from hashae.decode import decode_image
 from hashae.folders import list_images
 from hashae.index.backends import open_store
 from hashae.index.encoder import EncoderStage, ShardEncoder
-from hashae.index.executors import ProcessExecutor, SequentialExecutor, make_executor
+from hashae.index.executors import ProcessExecutor, SequentialExecutor, WorkerDied, make_executor
 from hashae.reader import ShardReader, make_shards
 
 
@@ -158,3 +159,8 @@ def test_workers_of_a_script_that_imports_torch_do_not(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["[(False, False)]", "True"]
+
+
+def test_a_worker_that_dies_is_one_clear_error():
+    with ProcessExecutor(workers=2) as executor, pytest.raises(WorkerDied, match="worker process died"):
+        list(executor.map(os._exit, [3, 3]))
