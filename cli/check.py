@@ -30,10 +30,11 @@ def check(store: Path = StoreOption, as_json: bool = JsonOption) -> None:
     else:
         for problem in report.problems:
             typer.echo(f"problem: {problem}", err=True)
-        typer.echo(
-            f"error: {len(report.problems)} problem(s) in the store at {report.store}; a damaged catalogue: move the "
-            "store folder away and run `hashae index FOLDER` to rebuild it",
-            err=True,
+        advice = (
+            "the catalogue is damaged: move the store folder away and run `hashae index FOLDER` to rebuild it"
+            if report.catalogue_damaged
+            else "each line above says what to do"
         )
+        typer.echo(f"error: {len(report.problems)} problem(s) in the store at {report.store}; {advice}", err=True)
     if not report.ok:
         raise typer.Exit(1)

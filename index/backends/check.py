@@ -39,13 +39,14 @@ class CheckReport:
     store: Path
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    catalogue_damaged: bool = False  # the catalogue itself: only a rebuild helps
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def as_dict(self) -> dict:
-        return {"store": str(self.store), "ok": self.ok, "problems": self.problems, "checked": self.checked}
+        return {"store": str(self.store), "ok": self.ok, "catalogue_damaged": self.catalogue_damaged, "problems": self.problems, "checked": self.checked}
 
 
 def check_store(path: str | Path) -> CheckReport:
@@ -106,6 +107,7 @@ def _open(opener, catalogue_file: Path, report: CheckReport):
         return opener()
     except (StoreError, sqlite3.Error) as error:
         report.problems.append(f"{catalogue_file}: cannot be opened ({' '.join(str(error).split())})")
+        report.catalogue_damaged = True
         return None
 
 
@@ -115,9 +117,11 @@ def _integrity(connection: sqlite3.Connection, catalogue_file: Path, report: Che
         rows = connection.execute(f"PRAGMA integrity_check({PROBLEMS_PER_CHECK})").fetchall()
     except sqlite3.Error as error:
         report.problems.append(f"{catalogue_file}: SQLite integrity check failed to run ({error})")
+        report.catalogue_damaged = True
         return False
     found = [str(row[0]) for row in rows if str(row[0]) != "ok"]
     report.problems += [f"{catalogue_file}: {' '.join(line.split())}" for line in found]
+    report.catalogue_damaged |= bool(found)
     report.checked.append("catalogue pages and indexes (SQLite integrity_check)")
     return not found
 
@@ -142,6 +146,7 @@ def _rows_read_back(connection: sqlite3.Connection, catalogue_file: Path, report
                 _name_bad_rows(connection, catalogue_file, table, columns, chunk, report)
         counted += len(ids)
     report.checked.append(f"{counted} catalogue rows read back")
+    report.catalogue_damaged |= len(report.problems) > before
     return len(report.problems) == before
 
 
