@@ -104,9 +104,15 @@ def _expected_tensors(config, config_path: Path) -> dict[str, tuple[tuple[int, .
     return {name: (tuple(tensor.shape), tensor.dtype) for name, tensor in skeleton.state_dict().items()}
 
 
+FILLED_WHEN_MISSING = frozenset({"code_log_gain"})
+
+
 def _check_state(state: dict[str, torch.Tensor], expected: dict, kind: str, *, where: Path) -> None:
     """The loaded tensors are exactly the model's: same names, shapes (code_bank: any number of
     rows of the right width), dtypes, and finite values."""
+    # tensors newer than the checkpoint, which the model fills in when loading (an older hashing
+    # model has no learned gain: gain 1)
+    expected = {name: spec for name, spec in expected.items() if name in state or name not in FILLED_WHEN_MISSING}
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         raise CheckpointError(f"{where}: tensors do not match the {kind} model (missing {missing}, unexpected {extra})")

@@ -325,3 +325,15 @@ def test_digests_name_the_changed_file(saved: Path) -> None:
     with pytest.raises(CheckpointError, match="changed since the store recorded it") as caught:
         verify_checkpoint_digests(saved, recorded, fix="run `hashae index FOLDER --retrain`")
     assert str(saved / WEIGHTS_FILE) in str(caught.value) and "--retrain" in str(caught.value)
+
+
+def test_a_hashing_checkpoint_from_before_the_learned_gain_still_loads(saved: Path, vectors: np.ndarray) -> None:
+    """Stores trained before the per-unit gain existed keep working in inspect/generate (gain 1)."""
+    before = checkpoint.load(saved)
+    _edit_weights(saved, lambda state: state.pop("code_log_gain"))
+    _edit_config(saved, lambda document: [document["config"].pop(k, None) for k in ("code_gain", "gain_speed")])
+    old = checkpoint.load(saved)
+    assert torch.equal(old.code_log_gain.detach(), torch.zeros_like(old.code_log_gain))
+    x = torch.from_numpy(vectors[:16])
+    if not before.config.code_gain or torch.equal(before.code_log_gain.detach(), torch.zeros_like(before.code_log_gain)):
+        assert torch.equal(before.bits(x), old.bits(x))
