@@ -373,7 +373,8 @@ def _load_stage(store: StoreBackend, models: ModelPair) -> EncoderStage:
     try:
         return EncoderStage.load(store.model_dir(models.hashing), store.model_dir(models.latent))
     except CheckpointError as error:
-        raise CheckpointError(f"{error}; run `hashae index FOLDER --retrain` to train new models") from None
+        advice = "" if "--retrain" in str(error) else "; run `hashae index FOLDER --retrain` to train new models"
+        raise CheckpointError(f"{error}{advice}") from None
 
 
 def _settings_of(stage: EncoderStage, source: _Source) -> StoreSettings:
