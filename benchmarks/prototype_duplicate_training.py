@@ -116,6 +116,29 @@ def class_retrieval(model_dir: Path, db_x: np.ndarray, db_labels: np.ndarray) ->
     return {k: row[k] for k in ("map_at_1000", "p_at_r2", "empty_ball_share")}
 
 
+def normalisation_check(originals: int = 1000) -> dict[str, dict[str, float]]:
+    """Raw pixels' recall@1 (L2, ties against) on the photometric copies, as decoded and after a
+    per-image standardisation ((x - mean) / std of each image): what an encoder whose input is
+    standardised per image would no longer have to learn."""
+    from hashae.decode import decode_image
+    from hashae.index.bench_duplicates import Scorer, _chunks, load_data, squared_l2_matrix
+    from hashae.index.copies import PHOTOMETRIC
+
+    data = load_data(DuplicatesBenchOptions(originals=originals, transforms=PHOTOMETRIC))
+    db = data.x.reshape(len(data.x), -1)
+    queries = np.stack([decode_image(f, size=28, channels=1).reshape(-1) for f in data.copy_files()])
+    standardise = lambda v: (v - v.mean(1, keepdims=True)) / np.maximum(v.std(1, keepdims=True), 1e-6)  # noqa: E731
+    out = {}
+    for name, view in (("raw", lambda v: v), ("standardised per image", standardise)):
+        d, q = view(db), view(queries)
+        norms, scorer = (d * d).sum(1), Scorer(data.n_queries)
+        for rows in _chunks(data.n_queries):
+            scorer.add(rows, squared_l2_matrix(q[rows], d, norms), data.correct[rows])
+        out[name] = {t: scorer.recall_at(1, data.queries_of(t)) for t in PHOTOMETRIC}
+        print(name, json.dumps(out[name]), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", type=Path, required=True, help="A store of the 60,000 Fashion-MNIST train images (its VAE and its product hashing model).")
@@ -123,10 +146,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="Training epochs (default: the product's for 60,000 items).")
     parser.add_argument("--originals", type=int, default=1000)
     parser.add_argument("--models", type=Path, help="Keep the trained checkpoints here (default: a temporary folder).")
+    parser.add_argument("--normalisation-check", action="store_true", help="Only measure raw pixels' recall@1 on the photometric copies, as decoded and standardised per image.")
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.normalisation_check:
+        normalisation_check(args.originals)
+        return
     train = load_fashion_mnist("train")
     results = {}
     with tempfile.TemporaryDirectory() as scratch:

@@ -460,12 +460,14 @@ def markdown(result: DuplicatesBenchResult) -> str:
     cell = {(r["method"], r["transform"]): r for r in result.rows}
     info = result.info
     lines = [
+        "# Near-duplicate bench: the original of an altered copy among the database",
+        "",
         f"Database: {info['database']} Fashion-MNIST train images; {info['originals']} of them altered by each "
-        f"transform ({info['queries']} queries); hashae models: {info.get('hashae_models', '-')}; {info['seconds']:.0f} s on {info['machine']}.",
+        f"transform ({info['queries']} queries); hashae models: {_sources(info.get('hashae_models'))}; {info['seconds']:.0f} s on {info['machine']}.",
         "",
     ]
     if info.get("command"):
-        lines[1:1] = ["", f"Command: `{info['command']}`"]
+        lines[3:3] = ["", f"Command: `{info['command']}`"]
     for metric, title in (("recall_at_1", "recall@1"), ("recall_at_10", "recall@10"), ("recall_at_threshold", "recall at the precision >= 99.9% threshold")):
         lines += [f"### {title}", "", "| transform | " + " | ".join(_title(result, m) for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
         for transform in result.info["transforms"]:
@@ -503,6 +505,14 @@ def goal_lines(result: DuplicatesBenchResult) -> list[str]:
             checks.append(_check(f"ahead of {' and '.join(rivals)} on every transform" + (f" (not on: {', '.join(behind)})" if behind else ""), not behind))
         lines.append(f"- {METHOD_TITLES[mode]}: " + "; ".join(checks))
     return lines
+
+
+def _sources(models: dict[str, str] | None) -> str:
+    if not models:
+        return "-"
+    if len(set(models.values())) == 1:
+        return next(iter(models.values()))
+    return ", ".join(f"{role} from {source}" for role, source in models.items())
 
 
 def _check(text: str, met: bool) -> str:
