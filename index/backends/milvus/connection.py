@@ -42,6 +42,8 @@ LITE_LOG_LEVEL = "ERROR"
 LITE_OUTPUT_FILE = "server-output.log"
 LITE_NAME = re.compile(r"^[a-zA-Z0-9.\-_]{1,36}$")  # what the Lite server accepts as a file name
 LITE_START_TIMEOUT_S = 60.0
+LITE_CONNECT_TIMEOUT_S = 30.0  # a started server's first connections, retried (see _lite_client)
+LITE_CONNECT_RETRY_S = 0.25
 LITE_STOP_TIMEOUT_S = 5.0
 LITE_POLL_S = 0.01
 LITE_LOCK_WAIT_S = 3.0
@@ -83,8 +85,7 @@ class MilvusConnection:
         if self.lite_file is not None:
             server = _acquire_lite_server(self.lite_file)
             try:
-                with milvus_errors(f"connect to the Milvus Lite server of {self.lite_file}"):
-                    self.client = pymilvus.MilvusClient(uri=server.uri, timeout=timeout)
+                self.client = _lite_client(pymilvus, server.uri, self.lite_file, timeout=timeout)
             except BaseException:
                 _release_lite_server(self.lite_file)
                 raise
@@ -213,6 +214,20 @@ class LiteServer:
                 self._process.wait()
             self._process = None
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+def _lite_client(pymilvus: Any, server_uri: str, lite_file: Path, *, timeout: float | None) -> Any:
+    """A client of a Lite server that has just started. Its socket appears before it answers, and on
+    a loaded machine the first connection can be refused: try again until LITE_CONNECT_TIMEOUT_S."""
+    deadline = time.monotonic() + LITE_CONNECT_TIMEOUT_S
+    while True:
+        try:
+            with milvus_errors(f"connect to the Milvus Lite server of {lite_file}"):
+                return pymilvus.MilvusClient(uri=server_uri, timeout=timeout)
+        except StoreError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(LITE_CONNECT_RETRY_S)
 
 
 def lite_lock_file(db_file: Path) -> Path:
