@@ -11,7 +11,7 @@ Only hashae.index.backends (open_store) and the tests import these modules:
     _mih_kernels.py     its compiled probing kernels (numba), loaded on first probe
     latent.py           LatentIndex: FAISS over the VAE latents
     layout.py           where each file of the store folder lives
-    lock.py             the one-writer lock
+    (the one-writer lock is index/backends/lock.py, shared with the Milvus backend)
     names.py            file names that are not UTF-8, stored losslessly
     stored_settings.py  settings documents, older ones included
 """

@@ -36,7 +36,7 @@ from hashae.index.backends.local.files import (
 from hashae.index.backends.local.hamming import HammingIndex
 from hashae.index.backends.local.latent import LatentIndex
 from hashae.index.backends.local.layout import StoreLayout
-from hashae.index.backends.local.lock import write_lock
+from hashae.index.backends.lock import write_lock
 from hashae.index.backends.local.snapshot import LocalSnapshot
 from hashae.index.backends.local.writer import LocalWriteTransaction
 from hashae.index.settings import StoreSettings

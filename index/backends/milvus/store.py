@@ -9,8 +9,6 @@ without having recorded anything.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from hashae.index.backends.lock import write_lock
 from hashae.index.backends.base import ModelPair, ModelRecord, SkippedFile, StoreError, verified_model_dir
 from hashae.index.backends.milvus.catalogue import CollectionRecord, Generation, MilvusCatalogue
 from hashae.index.backends.milvus.collection import HAMMING_INDEXES, ItemsCollection, search_params_of
@@ -176,7 +175,7 @@ class MilvusStore:
         made = _make_folders(self.root, self.models_dir)
         blank = False
         try:
-            with _write_lock(self.root / LOCK_FILE, store=self.root):
+            with write_lock(self.root / LOCK_FILE, store=self.root):
                 catalogue = self._writable_catalogue()
                 try:
                     yield MilvusWriteTransaction(self, catalogue)
@@ -273,29 +272,6 @@ class MilvusStore:
             shutil.rmtree(self.root / LITE_LOG_DIR, ignore_errors=True)
         _remove_empty_folder(self.models_dir)
         (self.root / LOCK_FILE).unlink(missing_ok=True)
-
-
-@contextmanager
-def _write_lock(path: Path, *, store: Path) -> Iterator[None]:
-    """Exclusive, non-blocking flock on path holding our pid; the kernel drops it when we die."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise StoreError(
-                f"another hashae writer (pid {holder}) is updating the store at {store}; wait for it to finish or stop it"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 def _make_folders(root: Path, models_dir: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""The write lock of a local store: one writer at a time, across processes."""
+"""The write lock of a store folder (every backend): one writer at a time, across processes."""
 
 from __future__ import annotations
 
