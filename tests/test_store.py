@@ -58,14 +58,15 @@ def new_item(path, content):
 
 def crash_at(step):
     if step == "inside_batch_transaction":  # killed mid-transaction, in the second batch
-        original = Catalogue._insert_item
-        calls = []
-        def insert(self, *args):
-            calls.append(1)
-            if len(calls) == BATCH + 10:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return original(self, *args)
-        Catalogue._insert_item = insert
+        original = Catalogue._item_records
+        made = []
+        def records(self, *args):
+            for record in original(self, *args):  # executemany takes them one by one, rows already in
+                made.append(1)
+                if len(made) == BATCH + 10:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                yield record
+        Catalogue._item_records = records
     def at(self, name):
         if name == step:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -246,6 +247,27 @@ def test_catalogue_visibility_by_generation(tmp_path):
         assert catalogue.purge_removed(through_gen=1) == 1  # only the never-visible row
         assert catalogue.purge_removed(through_gen=2) == 2  # rows generation 2 no longer shows
         assert catalogue.items_visible(2)[0].tolist() == [2, 3, 4, 5, 7, 8]
+
+
+def test_catalogue_add_items_returns_each_rows_id_in_order(tmp_path):
+    """One executemany per batch: the ids handed back still name the rows given, in their order,
+    after purged rows (AUTOINCREMENT never reuses an id) and across batches."""
+    rng = np.random.default_rng(7)
+    with Catalogue.create(tmp_path / "catalogue.db") as catalogue:
+        first = catalogue.add_items(*items_for([f"a{i}" for i in range(5)], rng), gen=1)
+        catalogue.remove_items(first[3:], gen=1)
+        assert catalogue.purge_removed(through_gen=1) == 2  # the largest ids are gone
+        rows, codes, latents = items_for(["b0", "b1", "b2"], rng)
+        ids = catalogue.add_items(rows, codes, latents, gen=2)
+        assert ids.dtype == np.int64 and ids.tolist() == [6, 7, 8]
+        assert [catalogue.item(i).path for i in ids] == ["b0", "b1", "b2"]
+        got_ids, got_codes, got_latents = catalogue.items_added_in(2)
+        assert got_ids.tolist() == ids.tolist()
+        assert np.array_equal(got_codes, codes) and np.array_equal(got_latents, latents)
+        assert catalogue.add_items(*items_for([], rng), gen=2).tolist() == []
+        with pytest.raises(StoreError, match="'c1' is already in the catalogue"):  # twice in one batch
+            catalogue.add_items(*items_for(["c0", "c1", "c1"], rng), gen=2)
+        assert "c0" not in catalogue.live_items()  # the refused batch left nothing behind
 
 
 def test_catalogue_refuses_a_second_live_row_for_a_path_and_unknown_removals(tmp_path):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -221,25 +221,45 @@ class Catalogue:
         latents = _check_latent_rows(latents)
         if not len(rows) == len(codes) == len(latents):
             raise StoreError(f"got {len(rows)} rows, {len(codes)} codes and {len(latents)} latents")
-        now = _now()
-        ids = np.empty(len(rows), dtype=np.int64)
-        with self.db.atomic():
-            for i, row in enumerate(rows):
-                code, latent = codes[i].tobytes(), latents[i].astype("<f4").tobytes()
-                ids[i] = self._insert_item(row, code, latent, gen, now)
-        return ids
-
-    def _insert_item(self, row: NewItem, code: bytes, latent: bytes, gen: int, now: str) -> int:
-        values = (name_to_db(row.path), row.size, row.mtime_ns, row.content_hash, name_to_db(row.label))
+        if not len(rows):
+            return np.empty(0, dtype=np.int64)
         try:
-            cursor = self.db.conn.execute(
-                "INSERT INTO items (path, size, mtime_ns, content_hash, label, code, latent, added_gen,"
-                " added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*values, code, latent, gen, now),
-            )
+            with self.db.atomic():
+                self.db.conn.executemany(_INSERT_ITEM, self._item_records(rows, codes, latents, gen, _now()))
+                last = self.db.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         except sqlite3.IntegrityError as err:
-            raise StoreError(f"{row.path!r} is already in the catalogue; remove its live row first") from err
-        return cursor.lastrowid
+            path = self._first_taken_path(rows)
+            raise StoreError(f"{path!r} is already in the catalogue; remove its live row first") from err
+        # AUTOINCREMENT hands each insert max(ever used) + 1, and this transaction is the only writer:
+        # the rows got consecutive ids, in order, ending at the last one inserted.
+        return np.arange(last - len(rows) + 1, last + 1, dtype=np.int64)
+
+    def _item_records(
+        self, rows: Sequence[NewItem], codes: np.ndarray, latents: np.ndarray, gen: int, now: str
+    ) -> Iterator[tuple]:
+        """The INSERT parameters of each row, made as executemany takes them (inside its transaction)."""
+        latents = latents.astype("<f4", copy=False)
+        for row, code, latent in zip(rows, codes, latents):
+            yield (
+                name_to_db(row.path), row.size, row.mtime_ns, row.content_hash, name_to_db(row.label),
+                code.tobytes(), latent.tobytes(), gen, now,
+            )
+
+    def _first_taken_path(self, rows: Sequence[NewItem]) -> str | None:
+        """The first path of rows that is live already or given twice (why a batch was refused)."""
+        stored = [name_to_db(row.path) for row in rows]
+        live = set()
+        for start in range(0, len(stored), _MAX_PARAMS):
+            chunk = stored[start : start + _MAX_PARAMS]
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT path FROM items WHERE removed_gen IS NULL AND path IN ({marks})"
+            live.update(path for (path,) in self.db.execute(sql, chunk))
+        seen = set()
+        for row, name in zip(rows, stored):
+            if name in live or name in seen:
+                return row.path
+            seen.add(name)
+        return None
 
     def remove_items(self, ids: Iterable[int], *, gen: int) -> None:
         """Mark live rows removed from generation gen on (one transaction). Unknown ids are an error."""
@@ -497,6 +517,10 @@ class Catalogue:
 
 SCHEMA_TABLES = {"items", "skipped", "models", "generations", "meta"}
 _ITEM_COLUMNS = ", ".join(ItemInfo.__dataclass_fields__)
+_INSERT_ITEM = (
+    "INSERT INTO items (path, size, mtime_ns, content_hash, label, code, latent, added_gen, added_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _MODEL_COLUMNS = "id, role, dir, kind, created_at, info_json"
 _GENERATION_COLUMNS = (
     "gen, created_at, n_items, hashing_model, latent_model, hamming_file, latent_file,"
