@@ -83,14 +83,31 @@ def decode_image_with_channels(
     """decode_image's pixels, and the channels of the file itself: 1 if it is grayscale (the rule
     of image_channels_of), else 3. One decode tells both, so a reader need not open files twice."""
     check_image_args(size=size, channels=channels)
+    with loaded_image(source, max_pixels=max_pixels, draft=("L" if channels == 1 else "RGB", size)) as (img, header_mode):
+        return _pixels(img, size=size, channels=channels), 1 if header_mode in GRAY_MODES else 3
+
+
+@contextmanager
+def loaded_image(
+    source: str | os.PathLike | bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, draft: tuple[str | None, int] | None = None
+) -> Iterator[tuple[Image.Image, str]]:
+    """The image of a file (or its bytes) decoded and turned upright (EXIF orientation), with the
+    mode its header declared: (image, header mode). The hardened path every decode takes: regular
+    files only, images over max_pixels refused before their pixels are allocated, every failure
+    (in the body too) an ImageDecodeError with a short reason.
+
+    draft=(mode, side) lets a JPEG decoder scale down towards side x side while decoding; mode
+    None keeps an L or RGB image's mode and takes RGB otherwise.
+    """
     with _reading(source), _open_image(source) as img:
-        source_channels = 1 if img.mode in GRAY_MODES else 3
+        header_mode = img.mode
         _check_pixel_count(img, max_pixels)
-        if img.format in JPEG_FORMATS:
-            img.draft("L" if channels == 1 else "RGB", (size, size))  # let libjpeg scale down
+        if draft is not None and img.format in JPEG_FORMATS:
+            mode, side = draft
+            img.draft(mode or (img.mode if img.mode in ("L", "RGB") else "RGB"), (side, side))
         img.load()
         _apply_orientation(img)
-        return _pixels(img, size=size, channels=channels), source_channels
+        yield img, header_mode
 
 
 def image_channels_of(path: str | os.PathLike) -> int:
@@ -205,7 +222,7 @@ def _pixels(img: Image.Image, *, size: int, channels: int) -> np.ndarray:
     if img.mode.startswith("I") or img.mode == "F":
         array = _high_depth_gray(img, size)  # (size, size, 1)
     else:
-        img = _standard_mode(img, channels)
+        img = standard_mode(img, channels)
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
         array = unit_floats(_uint8_pixels(img))
@@ -216,7 +233,7 @@ def _pixels(img: Image.Image, *, size: int, channels: int) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def _standard_mode(img: Image.Image, channels: int) -> Image.Image:
+def standard_mode(img: Image.Image, channels: int) -> Image.Image:
     """Convert to L or RGB, or LA / RGBA when the image has transparency."""
     has_alpha = img.mode in ALPHA_MODES or "transparency" in img.info
     target = ("LA" if has_alpha else "L") if channels == 1 else ("RGBA" if has_alpha else "RGB")

@@ -9,19 +9,14 @@ import os
 import numpy as np
 from PIL import Image
 
-from hashae.decode import JPEG_FORMATS, MAX_IMAGE_PIXELS, _apply_orientation, _check_pixel_count, _open_image, _reading, _standard_mode
+from hashae.decode import loaded_image, standard_mode
 
 
 def shrunk_picture(path: str | os.PathLike, *, side: int) -> tuple[Image.Image, str]:
     """The image file shrunk to fit side x side with its proportions kept (never enlarged), as L,
     LA, RGB or RGBA, and its format ("JPEG", "PNG", ...). ImageDecodeError when it cannot be read."""
-    with _reading(path), _open_image(path) as img:
-        _check_pixel_count(img, MAX_IMAGE_PIXELS)
+    with loaded_image(path, draft=(None, side)) as (img, _):
         file_format = img.format
-        if file_format in JPEG_FORMATS:
-            img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (side, side))  # libjpeg scales down
-        img.load()
-        _apply_orientation(img)
         shown = _displayable(img)
         shown.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return shown, file_format
@@ -34,4 +29,4 @@ def _displayable(img: Image.Image) -> Image.Image:
         values = np.clip(np.asarray(img.convert("F"), dtype=np.float32) * scale, 0, 255)
         return Image.fromarray(values.astype(np.uint8), mode="L")
     channels = 1 if img.mode in ("1", "L", "LA", "La") else 3
-    return _standard_mode(img, channels)
+    return standard_mode(img, channels)
