@@ -7,6 +7,8 @@
             print(match.rank, match.distance, match.file)
         shoes = [item for item in store.items(label="Sneaker")]
         codes, latents = store.encode(pixels)            # float32 (n, C, H, W) in [0, 1]
+        for group in store.duplicates():                 # near-duplicates, as `hashae duplicates`
+            print([member.path for member in group.members])
 
     model = load_model("runs/hashing-32")                # a folder `hashae train` saved
     codes = model.codes(x)                               # packed uint8 (n, bits / 8)
@@ -30,11 +32,12 @@ import numpy as np
 
 from hashae.errors import DataError
 from hashae.index.backends.base import ItemInfo, StoreBackend
+from hashae.index.duplicates import DEFAULT_LATENT_MAX, DuplicateGroup, DuplicateMember, Threshold, default_threshold, find_duplicate_groups
 from hashae.index.query import DEFAULT_K, Answer, QueryEngine, QueryError
 from hashae.index.settings import StoreSettings
 from hashae.inference import InferenceEncoder
 
-__all__ = ["Item", "Match", "Store", "load_model"]
+__all__ = ["DuplicateGroup", "DuplicateMember", "Item", "Match", "Store", "load_model"]
 
 DEFAULT_STORE = ".hashae"
 ITEMS_PER_READ = 4096  # ids read per catalogue look-up while iterating
@@ -239,6 +242,24 @@ class Store:
     def _item(self, info: ItemInfo) -> Item:
         file = Path(self.settings.source_root or ".") / info.path
         return Item(id=info.id, path=info.path, label=info.label, file=file, size=info.size, added_at=info.added_at)
+
+    # ------------------------------------------------------------------------- near-duplicates
+    def duplicates(self, *, radius: int | None = None, latent_max: float | None = DEFAULT_LATENT_MAX) -> list[DuplicateGroup]:
+        """Every group of near-duplicate items of this generation: what `hashae duplicates` lists.
+
+        radius: the Hamming distance in bits within which two items are copies (default: the
+        threshold calibrated on the near-duplicate bench, for this store's code length).
+        latent_max: also require a squared L2 distance between VAE means at most this (default: the
+        calibrated limit); None groups by the codes alone (looser: look-alikes join).
+        Each group is anchored on its earliest file: group.anchor is members[0], then the other
+        members nearest first, each with id, path, hamming and latent (its distances to the anchor)
+        and exact (the same file content as the anchor, grouped whatever the threshold). Groups of
+        one are left out; groups come earliest anchor first. Raises DuplicatesError for a radius
+        outside 0..bits or a negative latent_max.
+        """
+        view = self._engine.view
+        radius = default_threshold(view.settings.bits).radius if radius is None else radius
+        return find_duplicate_groups(view, threshold=Threshold(radius, latent_max))
 
 
 def load_model(path: str | os.PathLike) -> InferenceEncoder:

@@ -1,5 +1,6 @@
 """The Python API (hashae.index.api) on a real store: the same answers as `hashae query`, every kind
-of query image, items, stored vectors, encoding with the store's models and with a saved model."""
+of query image, items, stored vectors, encoding with the store's models and with a saved model, and
+the near-duplicate groups of `hashae duplicates`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from serving import cli, small_store
 
 from hashae.errors import CheckpointError, DataError, HashaeError
-from hashae.index.api import Item, Match, Store, load_model
+from hashae.index.api import DuplicateGroup, Item, Match, Store, load_model
+from hashae.index.duplicates import DuplicatesError
 from hashae.index.query import QueryError
 
 
@@ -97,6 +99,29 @@ def test_encode_gives_the_stored_vectors(store):
     assert np.allclose(latents, opened.latents(ids), atol=1e-5)
     stacked = np.stack([opened.pixels(item.file) for item in items])
     assert (opened.encode(stacked)[0] == codes).all()
+
+
+def test_duplicates_are_the_groups_hashae_duplicates_lists(store):
+    _, store_dir, opened = store
+    default = json.loads(cli("duplicates", "--store", store_dir, "--json", "-q"))
+    assert [group.as_dict() for group in opened.duplicates()] == default["groups"]
+    # the calibrated threshold groups no pair of these 200 distinct images: a loose codes-only one does
+    loose = json.loads(cli("duplicates", "--store", store_dir, "--json", "-q", "--codes-only", "--threshold", 4))
+    groups = opened.duplicates(radius=4, latent_max=None)
+    assert groups and [group.as_dict() for group in groups] == loose["groups"]
+    ids = set(opened.ids().tolist())
+    for group in groups:
+        assert isinstance(group, DuplicateGroup) and len(group) >= 2 and group.anchor == group.members[0]
+        assert (group.anchor.hamming, group.anchor.latent) == (0, 0.0) and all(m.hamming <= 4 and m.id in ids for m in group.members)
+    assert len(opened.duplicates(radius=4, latent_max=0.0)) <= len(groups)  # the latent check only takes pairs away
+
+
+def test_bad_duplicate_thresholds_are_named_errors(store):
+    _, _, opened = store
+    with pytest.raises(DuplicatesError, match=f"between 0 and {opened.settings.bits}"):
+        opened.duplicates(radius=opened.settings.bits + 1)
+    with pytest.raises(DuplicatesError, match="non-negative"):
+        opened.duplicates(latent_max=-1.0)
 
 
 def test_load_model_encodes_arrays(store):
