@@ -49,9 +49,13 @@ def index(
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from hashae.cli.progress import reporter
     from hashae.index.executors import check_executor
+    from hashae.errors import ConfigError
+    from hashae.launcher import under_torchrun
     from hashae.index.pipeline import IndexOptions, index_folder
 
     check_executor(executor, address=address)  # before the store is created
+    if under_torchrun():
+        raise ConfigError("hashae index is one writer that starts its own training processes: run it without torchrun (use --nproc N to train with N processes)")
 
     options = IndexOptions(
         bits=bits,

@@ -34,10 +34,10 @@ import torch.distributed as dist
 
 from hashae.errors import ConfigError, HashaeError, TrainingError
 from hashae.events import Reporter
+from hashae.launcher import TORCHRUN_VARIABLES, main_process, under_torchrun  # noqa: F401 (this module's API too)
 
 LOOPBACK = "127.0.0.1"
 RENDEZVOUS_TIMEOUT = timedelta(minutes=10)
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -83,17 +83,6 @@ def current() -> Context | None:
     rank = dist.get_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     return Context(rank=rank, world_size=dist.get_world_size(), local_rank=local_rank, backend=dist.get_backend())
-
-
-def under_torchrun() -> bool:
-    """Whether torchrun (or another launcher that sets RANK, WORLD_SIZE, MASTER_*) started this process
-    as one of two or more."""
-    return all(name in os.environ for name in TORCHRUN_VARIABLES) and int(os.environ["WORLD_SIZE"]) > 1
-
-
-def main_process() -> bool:
-    """False only in a torchrun rank other than 0 (which must neither print nor write)."""
-    return not under_torchrun() or int(os.environ["RANK"]) == 0
 
 
 def backend_for(device: str) -> str:
@@ -231,9 +220,7 @@ def _spawn(fn, args, kwargs, *, nproc: int, backend: str, report: Reporter | Non
     shared_args, shared_kwargs = _to_shared(args), _to_shared(kwargs)
     with tempfile.TemporaryDirectory(prefix="hashae-ddp-") as scratch:
         setup = _Setup(nproc=nproc, backend=backend, port=free_port(), scratch=scratch, events=events)
-        processes = multiprocessing.start_processes(
-            _rank_main, args=(setup, fn, shared_args, shared_kwargs), nprocs=nproc, join=False, start_method="spawn"
-        )
+        processes = _start_in(scratch, multiprocessing, _rank_main, (setup, fn, shared_args, shared_kwargs), nproc)
         try:
             while not processes.join(timeout=0.2):
                 _forward_events(events, report)
@@ -242,6 +229,17 @@ def _spawn(fn, args, kwargs, *, nproc: int, backend: str, report: Reporter | Non
         finally:
             _forward_events(events, report)
         return pickle.loads((Path(scratch) / "result.pkl").read_bytes())
+
+
+def _start_in(scratch: str, multiprocessing, target, args: tuple, nproc: int):
+    """torch's start_processes with its per-rank error files (pytorch-errorfile-*.pickle, which a
+    failed rank writes and nobody removes) made in scratch, so they go when scratch goes. The parent
+    names them while starting the ranks; tempfile.tempdir is restored at once."""
+    saved, tempfile.tempdir = tempfile.tempdir, scratch
+    try:
+        return multiprocessing.start_processes(target, args=args, nprocs=nproc, join=False, start_method="spawn")
+    finally:
+        tempfile.tempdir = saved
 
 
 @dataclass(frozen=True)

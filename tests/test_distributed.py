@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -91,10 +92,22 @@ def test_nproc_and_torchrun_do_not_mix(monkeypatch):
         distributed.run(print, nproc=2)
 
 
-def test_a_rank_error_comes_back_as_itself():
+def test_index_refuses_torchrun_and_leaves_no_store(monkeypatch, tmp_path):
+    """Under torchrun every rank would index the folder into one store: refused in one line."""
+    for name, value in zip(TORCHRUN_ENV, ("0", "2", "127.0.0.1", "29500", "0")):
+        monkeypatch.setenv(name, value)
+    (tmp_path / "images").mkdir()
+    result = CliRunner().invoke(app, ["index", str(tmp_path / "images"), "--store", str(tmp_path / "store")])
+    assert result.exit_code == 1 and "without torchrun" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_rank_error_comes_back_as_itself(monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where torch would leave its error files
     config, x, train_config = hashing_run()
     with pytest.raises(ConfigError, match="BCE needs inputs in"):  # pixels past 1 on both ranks
         distributed.run(fit, args=(config, x + 1, train_config), nproc=2, device="cpu")
+    assert not list(tmp_path.iterdir())  # the failed ranks' error files went with the run's scratch
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +133,7 @@ def test_torchrun_trains_and_rank_0_alone_writes(vectors, tmp_path):
     out = tmp_path / "model"
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=distributed.loopback_interface() or "lo")
+    env.update(TMPDIR=str(tmp_path))  # torchrun's torchelastic_* folders stay out of /tmp
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
     torchrun += ["--master_addr", "127.0.0.1", "--master_port", str(distributed.free_port())]
     command = [*torchrun, "-m", "hashae.cli.main", "train", str(vectors), "--out", str(out), *TRAIN_FLAGS]
