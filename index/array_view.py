@@ -1,9 +1,10 @@
-"""ArrayView: a ReadView over codes and latents held in memory, answered by exhaustive search.
+"""ArrayView: a ReadView over codes and latents held in memory.
 
 For the bench and tests, which search arrays that no store holds through the same search module
-(index/search.py) as the store does. Hamming searches scan with FAISS's IndexBinaryFlat, latent
-ones in numpy. Results follow the ReadView contract exactly: sorted by (distance, id), ties by id
-(a k-NN takes every item tied with its k-th by a range search), no padding.
+(index/search.py) as the store does. Hamming searches go through the local store's own exact
+index (multi-index hashing, hashae.index.backends.exact_hamming), so the bench's look-up times are
+the product's; latent ones are an exhaustive numpy scan. Results follow the ReadView contract
+exactly: sorted by (distance, id), ties by id, no padding.
 """
 
 from __future__ import annotations
@@ -12,16 +13,14 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from hashae.codes import check_codes
 from hashae.errors import HashaeError
 from hashae.index.backends.base import Hit, ItemInfo, ModelPair, ModelRecord, Results, UnknownItemError
+from hashae.index.backends.exact_hamming import HammingIndex
 from hashae.index.settings import StoreSettings
 
-
-COUNTING_MAX_K = 4096  # FAISS's counting k-NN holds (bits + 1) * k ids: past this, two passes
 
 
 class ArrayView:
@@ -51,7 +50,9 @@ class ArrayView:
         if n and (np.diff(ids[order]) == 0).any():
             raise HashaeError("an ArrayView's ids must be unique")
         self._ids, self._codes, self._latents = ids[order], codes[order], latents[order]
-        self._scanner = _binary_flat(self._codes)  # rows ascend with ids
+        self._hamming = HammingIndex(codes.shape[1] * 8)
+        if n:
+            self._hamming.add(self._codes, self._ids)
         self._paths = None if paths is None else [paths[i] for i in order]
         self._labels = None if labels is None else [labels[i] for i in order]
         self._created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -102,17 +103,14 @@ class ArrayView:
         k = min(k, self.n_items)
         if k == 0:
             return [[] for _ in codes]
-        if k > COUNTING_MAX_K:  # the k-th distance by a heap k-NN, then every item within it
-            distances, _ = self._scanner.search(codes, k)
-            return [self._ball(code[None], int(radius))[:k] for code, radius in zip(codes, distances[:, -1])]
-        # FAISS's counting k-NN reads rows in order and keeps the first k of each distance: ties
-        # come out by smallest row, and rows ascend with ids
-        distances, rows = faiss.knn_hamming(codes, self._codes, k, variant="mc")
-        return [[Hit(int(i), int(d)) for i, d in zip(self._ids[r].tolist(), d_row.tolist())] for d_row, r in zip(distances, rows)]
+        distances, ids = self._hamming.search(codes, k=k)
+        return [_hits(d_row, i_row) for d_row, i_row in zip(distances, ids)]
 
     def range_hamming(self, codes: np.ndarray, *, radius: int) -> Results:
         codes = check_codes(codes, nbits=self._settings.bits)
-        return [self._ball(code[None], int(radius)) for code in codes]
+        if not self.n_items:
+            return [[] for _ in codes]
+        return [_hits(distances, ids) for distances, ids in self._hamming.range_search(codes, radius=int(radius))]
 
     def search_latent(self, latents: np.ndarray, *, k: int) -> Results:
         latents = np.ascontiguousarray(latents, dtype=np.float32)
@@ -129,15 +127,6 @@ class ArrayView:
         return self._latents[self._rows(np.asarray(ids, dtype=np.int64))]
 
     # --------------------------------------------------------------------------- internals
-    def _ball(self, code: np.ndarray, radius: int) -> list[Hit]:
-        """Every item within Hamming distance <= radius of one code (1, bits/8), by (distance, id)."""
-        if not self.n_items:
-            return []
-        limits, distances, rows = self._scanner.range_search(code, radius + 1)  # FAISS: distance < radius
-        distances, rows = distances[limits[0] : limits[1]].astype(np.int64), rows[limits[0] : limits[1]]
-        order = np.lexsort((rows, distances))
-        return [Hit(int(i), int(d)) for i, d in zip(self._ids[rows[order]].tolist(), distances[order].tolist())]
-
     def _rows(self, ids: np.ndarray, *, strict: bool = True) -> np.ndarray:
         rows = np.searchsorted(self._ids, ids)
         rows = np.minimum(rows, max(len(self._ids) - 1, 0))
@@ -147,11 +136,8 @@ class ArrayView:
         return np.where(known, rows, -1)
 
 
-def _binary_flat(codes: np.ndarray) -> faiss.IndexBinaryFlat:
-    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-    if len(codes):
-        index.add(codes)
-    return index
+def _hits(distances: np.ndarray, ids: np.ndarray) -> list[Hit]:
+    return [Hit(i, d) for i, d in zip(ids.tolist(), distances.tolist())]
 
 
 def _smallest(distances: np.ndarray, ids: np.ndarray, k: int, *, as_type: type) -> list[Hit]:
