@@ -1,6 +1,6 @@
 """The web page in a real headless Chromium (Debian's, driven by Playwright): load it, click an
 indexed item, see k neighbour thumbnails with distances and bits, change k and the mode, upload a
-picture, and save screenshots. Skipped with the reason when Chromium or Playwright is missing
+picture, list the near-duplicate groups, and save screenshots. Skipped with the reason when Chromium or Playwright is missing
 (CI: `apt-get install -y chromium` and `pip install playwright`; never `playwright install`)."""
 
 from __future__ import annotations
@@ -156,3 +156,40 @@ def test_photos_show_as_real_thumbnails(tmp_path_factory, tmp_path):
         assert tab.locator("#qopen").get_attribute("href").endswith("/original")
         tab.screenshot(path=str(tmp_path / "photos.png"), full_page=True)
         context.close()
+
+
+def test_near_duplicates_view_lists_the_groups(page, tmp_path):
+    tab, problems = page
+    loose = "radius=4&codes_only=true&limit=200"
+    expected = tab.evaluate(f"fetch('/api/duplicates?{loose}').then(r => r.json())")
+    calibrated = tab.evaluate("fetch('/api/duplicates').then(r => r.json())")
+    tab.locator("#findDups").click()  # the calibrated threshold (these 200 distinct images: no group)
+    tab.wait_for_function("document.querySelector('#dupMeta').textContent.includes('Hamming ≤')")
+    assert tab.locator("#dupsView").is_visible() and not tab.locator("#results").is_visible() and not tab.locator("#queryPanel").is_visible()
+    assert tab.locator("#dupGroups .group").count() == calibrated["total_groups"]
+    if not calibrated["total_groups"]:
+        assert "No near-duplicates" in tab.locator("#dupGroups").inner_text()
+
+    tab.fill("#dupRadius", "4")
+    tab.check("#dupCodesOnly")
+    tab.locator("#findDups").click()
+    tab.wait_for_function("document.querySelector('#dupMeta').textContent.includes('Hamming ≤ 4, codes only')")
+    assert expected["total_groups"] >= 3 and f"{expected['total_groups']} groups, {expected['grouped_items']} of 200 items" in tab.locator("#dupMeta").inner_text()
+    shown = tab.evaluate("[...document.querySelectorAll('#dupGroups .group')].map(g => [...g.querySelectorAll('.member')].map(m => Number(m.dataset.id)))")
+    assert shown == [[m["id"] for m in group["members"]] for group in expected["groups"]]
+    first = tab.locator("#dupGroups .group").first
+    assert first.locator(".how").first.inner_text() == "anchor" and first.locator(".how").nth(1).inner_text() in ("near", "exact")
+    tab.wait_for_function(  # the first group's thumbnails decoded (those further down load when scrolled to)
+        "[...document.querySelectorAll('#dupGroups .group:first-child img')].every(img => img.complete && img.naturalWidth > 0)"
+    )
+    tab.screenshot(path=str(tmp_path / "duplicates.png"), full_page=True)
+
+    member = expected["groups"][0]["members"][1]["id"]  # a member searches with it, as a result card does
+    first.locator(".member").nth(1).click()
+    tab.wait_for_function(f"document.querySelector('#qtitle').textContent.startsWith('Item #{member}')")
+    assert not tab.locator("#dupsView").is_visible() and tab.locator("#results").is_visible()
+    tab.go_back()  # the address kept the duplicates view and its threshold
+    tab.wait_for_selector("#dupsView", state="visible")
+    tab.wait_for_function(f"document.querySelectorAll('#dupGroups .group').length === {len(expected['groups'])}")
+    assert tab.locator("#dupRadius").input_value() == "4" and tab.locator("#dupCodesOnly").is_checked()
+    assert not problems, problems

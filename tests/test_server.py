@@ -1,6 +1,6 @@
-"""`hashae serve` over real HTTP on 127.0.0.1: every endpoint, bad and oversized uploads, the Host
-check, the token, unknown ids, and queries that keep succeeding while `hashae index` updates the
-store in another process."""
+"""`hashae serve` over real HTTP on 127.0.0.1: every endpoint (near-duplicate groups included), bad
+and oversized uploads, the Host check, the token, unknown ids, and queries that keep succeeding
+while `hashae index` updates the store in another process."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from typer.testing import CliRunner
 
 from hashae.cli.main import app
 from hashae.index.backends import open_store
+from hashae.index.duplicates import Threshold, duplicates_document
+from hashae.index.server.engines import DUPLICATE_THRESHOLDS_KEPT, EngineHolder
 
 CLI_RESULT_KEYS = {"rank", "id", "path", "label", "distance"}
 UPLOAD_LIMIT_MB = 0.05  # the guarded server's body cap: 52,428 bytes
@@ -133,9 +135,69 @@ def test_query_by_upload(client, store, an_image):
     assert raw.status_code == 200 and raw.json()["mode"] == "hybrid"
 
 
+@pytest.mark.parametrize(
+    ("params", "cli_args"),
+    [
+        ({}, []),  # the calibrated threshold
+        ({"radius": 4, "codes_only": "true"}, ["--codes-only", "--threshold", "4"]),
+        ({"radius": 3, "latent_max": 0.05}, ["--threshold", "3", "--latent-max", "0.05"]),
+    ],
+)
+def test_duplicates_are_the_cli_groups_plus_labels(client, store, params, cli_args):
+    _, store_dir = store
+    answer = client.get("/api/duplicates", params=params).json()
+    line = json.loads(cli("duplicates", "--store", store_dir, "--json", "-q", *cli_args))
+    line.pop("seconds")
+    labels = {item["id"]: item["label"] for item in client.get("/api/items", params={"limit": 200}).json()["items"]}
+    assert answer.pop("total_groups") == len(line["groups"]) and answer["generation"] >= 1
+    for member in (m for group in answer["groups"] for m in group["members"]):
+        assert member.pop("label") == labels[member["id"]]
+    assert answer == line
+
+
+def test_duplicates_limit_keeps_the_first_groups(client):
+    everything = client.get("/api/duplicates", params={"radius": 4, "codes_only": "true"}).json()
+    assert everything["total_groups"] >= 3  # these 200 distinct images share codes within 4 bits
+    first = client.get("/api/duplicates", params={"radius": 4, "codes_only": "true", "limit": 2}).json()
+    assert first["groups"] == everything["groups"][:2] and first["total_groups"] == everything["total_groups"]
+    assert first["grouped_items"] == everything["grouped_items"]  # the whole answer's count, not the page's
+
+
+def test_duplicate_documents_are_kept_per_generation_and_threshold(store):
+    _, store_dir = store
+    with open_store(store_dir) as opened:
+        served = EngineHolder(opened).served
+        loose = Threshold(4, None)
+        first = served.duplicates(loose)
+        assert first == duplicates_document(served.engine.view, threshold=loose)
+        assert served.duplicates(loose) is first  # computed once
+        for radius in range(DUPLICATE_THRESHOLDS_KEPT):  # newer thresholds push the oldest out
+            served.duplicates(Threshold(radius, None))
+        again = served.duplicates(loose)
+        assert again is not first and again == first
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"radius": 99}, "between 0 and"),
+        ({"radius": -1}, "radius"),
+        ({"radius": "near"}, "radius"),
+        ({"latent_max": -0.5}, "latent_max"),
+        ({"codes_only": "true", "latent_max": 0.1}, "either codes_only or latent_max"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 100000}, "limit"),
+    ],
+)
+def test_bad_duplicates_parameters_get_400(client, params, words):
+    response = client.get("/api/duplicates", params=params)
+    assert response.status_code == 400 and words in response.json()["detail"], response.text
+    assert "\n" not in response.json()["detail"]
+
+
 def test_openapi_describes_the_api(client):
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/api/health", "/api/stats", "/api/items", "/api/items/{item_id}", "/api/items/{item_id}/thumbnail", "/api/items/{item_id}/original", "/api/query"):
+    for path in ("/api/health", "/api/stats", "/api/items", "/api/items/{item_id}", "/api/items/{item_id}/thumbnail", "/api/items/{item_id}/original", "/api/query", "/api/duplicates"):
         assert path in paths
     assert set(paths["/api/query"]) == {"get", "post"}
 
@@ -147,6 +209,7 @@ def test_docs_page_lists_the_api_without_a_cdn(client):
         assert f"<code>{path}</code>" in page.text
     assert "<script" not in page.text and "http" not in page.text  # self-contained: nothing fetched
     assert "Longest side in pixels." in page.text  # parameter descriptions shown
+    assert "Group by Hamming distance alone" in page.text  # the near-duplicates route's parameters too
 
 
 def test_page_is_served(client):

@@ -14,15 +14,19 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from typing import Any
+
 import numpy as np
 
 from hashae.errors import HashaeError
 from hashae.index.backends.base import StoreBackend
+from hashae.index.duplicates import Threshold, duplicates_document
 from hashae.index.query import QueryEngine, single_faiss_thread
 
 logger = logging.getLogger("hashae.server")
 
 _thread_state = threading.local()
+DUPLICATE_THRESHOLDS_KEPT = 4  # near-duplicate answers kept per generation (one per threshold)
 
 
 @dataclass
@@ -34,6 +38,8 @@ class Served:
     labels: np.ndarray  # object (n,): the label of each id (None where unlabelled)
     label_counts: dict[str, int]
     loaded_at: str = field(default_factory=lambda: now())
+    _duplicates: dict[Threshold, dict[str, Any]] = field(default_factory=dict, repr=False)  # threshold -> document
+    _duplicates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def gen(self) -> int:
@@ -42,6 +48,25 @@ class Served:
     def contains(self, item_id: int) -> bool:
         row = np.searchsorted(self.ids, item_id)
         return bool(row < len(self.ids) and self.ids[row] == item_id)
+
+    def label_of(self, item_id: int) -> str | None:
+        """The label of an item of this generation (None when unlabelled or not in it)."""
+        row = np.searchsorted(self.ids, item_id)
+        return self.labels[row] if row < len(self.ids) and self.ids[row] == item_id else None
+
+    def duplicates(self, threshold: Threshold) -> dict[str, Any]:
+        """index/duplicates.duplicates_document of this generation (a generation never changes, so
+        the answer for a threshold is computed once: a whole store takes seconds); the last
+        DUPLICATE_THRESHOLDS_KEPT thresholds asked are kept. Treat the document as read-only."""
+        with self._duplicates_lock:
+            document = self._duplicates.get(threshold)
+        if document is None:
+            document = duplicates_document(self.engine.view, threshold=threshold)
+            with self._duplicates_lock:
+                self._duplicates[threshold] = document
+                while len(self._duplicates) > DUPLICATE_THRESHOLDS_KEPT:
+                    del self._duplicates[next(iter(self._duplicates))]  # the oldest asked
+        return document
 
 
 class EngineHolder:

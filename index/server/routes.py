@@ -11,15 +11,18 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hashae.index.backends.base import ItemInfo
+from hashae.index.duplicates import DEFAULT_LATENT_MAX, DuplicatesError, Threshold, check_threshold, default_threshold
 from hashae.index.query import DEFAULT_K, QUERY_MODES, TIE_ORDERS, Answer
 from hashae.index.server.engines import EngineHolder, Served, now
-from hashae.index.server.errors import answer_or_error
+from hashae.index.server.errors import answer_or_error, one_line
 from hashae.index.server.settings import ServerSettings
 from hashae.index.server.thumbnails import DEFAULT_SIDE, MAX_SIDE, MIN_SIDE, ThumbnailCache, original_media_type, original_path
 from hashae.index.server.uploads import UploadDecoder, uploaded_image
 
 MAX_K = 1000
 MAX_SAMPLE = 200
+DEFAULT_GROUPS = 100
+MAX_GROUPS = 1000
 TIES_HELP = "Order within equal Hamming distance: latent (by VAE-mean distance, the default) or id."
 
 
@@ -129,6 +132,43 @@ def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> 
                 raise HTTPException(status_code=404, detail=f"no item with id {id} in the index (generation {served.gen})")
             answer = served.engine.query_id(id, mode=mode, k=_bounded(k, radius), radius=radius, ties=ties)
             return _answer_document(served, answer)
+
+        return answer_or_error(holder, work)
+
+    @app.get(
+        "/api/duplicates",
+        summary="Groups of near-duplicate items (what `hashae duplicates` lists)",
+        description=(
+            "Every group of items that are copies of one another (exact copies, re-encoded, resized, retouched), each "
+            "anchored on its earliest file, earliest anchor first; a member is within the threshold of its anchor: "
+            "Hamming distance <= radius, confirmed by a squared distance between VAE means <= latent_max unless "
+            "codes_only. The answer is `hashae duplicates --json`'s document (threshold, generation, items, "
+            "grouped_items, groups with each member's id, path, hamming, latent, exact) with each member's label, "
+            "the first `limit` groups, and total_groups. Computed once per generation and threshold."
+        ),
+    )
+    def duplicates(
+        radius: int | None = Query(None, ge=0, description="Hamming distance in bits within which two items are copies (default: the threshold calibrated for precision 99.9%)."),
+        latent_max: float | None = Query(None, ge=0, description=f"Also require a squared distance between VAE means at most this (default {DEFAULT_LATENT_MAX:g}, calibrated with the radius)."),
+        codes_only: bool = Query(False, description="Group by Hamming distance alone, without the latent check (looser: look-alikes join)."),
+        limit: int = Query(DEFAULT_GROUPS, ge=1, le=MAX_GROUPS, description="At most this many groups, earliest anchor first."),
+    ) -> dict[str, Any]:
+        if codes_only and latent_max is not None:
+            raise HTTPException(status_code=400, detail="give either codes_only or latent_max, not both")
+
+        def work(served: Served) -> dict[str, Any]:
+            bits = served.engine.settings.bits
+            asked = Threshold(default_threshold(bits).radius if radius is None else radius, None if codes_only else (DEFAULT_LATENT_MAX if latent_max is None else latent_max))
+            try:
+                threshold = check_threshold(asked, bits=bits)
+            except DuplicatesError as error:
+                raise HTTPException(status_code=400, detail=one_line(error)) from None
+            document = served.duplicates(threshold)
+            groups = [
+                {**group, "members": [{**member, "label": served.label_of(member["id"])} for member in group["members"]]}
+                for group in document["groups"][:limit]
+            ]
+            return {**document, "groups": groups, "total_groups": len(document["groups"])}
 
         return answer_or_error(holder, work)
 
