@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 from conftest import FASHION_TRAIN_IMAGES, draw_images
+from serving import small_store
 from typer.testing import CliRunner
 
 from hashae.cli.bench import DUPLICATE_METHODS, DUPLICATE_TRANSFORMS
@@ -85,6 +86,18 @@ def test_duplicates_task_runs_the_near_duplicate_bench(tmp_path, one_faiss_threa
     assert result.stdout == text and "### recall@1" in text and "| jpeg q50 |" in text
     assert "Command: `hashae bench --task duplicates --bits 16 --methods pixels,codes,hybrid --db-limit 100" in text
     assert "--transforms 'identity,jpeg q50'" in text  # quoted as a shell would need it
+
+
+def test_duplicates_task_measures_a_stores_models(tmp_path_factory, tmp_path, one_faiss_thread):
+    _, store = small_store(tmp_path_factory)  # skips without Fashion-MNIST
+    out_json = tmp_path / "dup.json"
+    result = run_bench_cli("--task", "duplicates", "--store", str(store), "--db-limit", "50", "--originals", "2", "--transforms", "identity",
+                           "--methods", "latent", "--json", str(out_json), "-q")
+    assert result.exit_code == 0, result.output
+    document = json.loads(out_json.read_text())
+    assert document["info"]["hashae_models"] == {"hashing": f"store {store}", "latent": f"store {store}"}
+    assert [(r["method"], r["transform"], r["recall_at_1"]) for r in document["rows"]] == [("latent", "identity", 1.0)]
+    assert f"--store {store}" in result.stdout  # the command line in the report
 
 
 @pytest.mark.parametrize(
