@@ -28,6 +28,7 @@ from hashae.index.backends.base import (
     NewItem,
     ReadView,
     StoreBackend,
+    StoreError,
     UnknownItemError,
     WriteTransaction,
 )
@@ -364,6 +365,50 @@ def imported_modules(path: Path) -> set[str]:
             module = ".".join(part for part in (base, node.module) if part)
             found |= {module, *(f"{module}.{alias.name}" for alias in node.names)}
     return found
+
+
+INFO_KEYS = {
+    "store", "empty", "generation", "committed_at", "items", "pending", "skipped", "skipped_by_reason",
+    "bits", "latent_dim", "settings", "generations", "models",
+}
+
+
+def test_model_records_missing_stores_and_info_alike_on_every_backend(backend, make_store, tmp_path):
+    """What both backends do through index/backends/common.py: model folders recorded relative to
+    the store (one outside it refused), roles checked at commit, an unrecorded checkpoint folder
+    taken back by the next writer, one message for a missing store, and info() with the same keys
+    (a backend may add its own)."""
+    store, settings = make_store(32)
+    assert store.info()["empty"] is True and set(store.info()) == INFO_KEYS
+    with pytest.raises(StoreError, match="run `hashae index FOLDER`"):  # nothing committed (nor made) yet
+        store.snapshot()
+    with pytest.raises(StoreError, match=r"no hashae (Milvus )?store at .* run `hashae index FOLDER` first"):
+        open_store(tmp_path / "nothing-here")
+    with store.writer() as writer:
+        writer.set_settings(settings)
+        for name in ("hashing-1", "latent-1"):
+            (store.models_dir / name).mkdir(parents=True)
+        models = writer.add_models(
+            hashing={"dir": str((store.models_dir / "hashing-1").absolute()), "kind": "hashing"},
+            latent={"dir": "models/latent-1", "kind": "vae", "info": {"epochs": 3}},
+        )
+        assert (models.hashing.dir, models.latent.dir, models.latent.info["epochs"]) == ("models/hashing-1", "models/latent-1", 3)
+        with pytest.raises(StoreError, match="outside the store"):
+            writer.add_models(hashing={"dir": str(tmp_path / "elsewhere"), "kind": "hashing"}, latent={"dir": "models/x", "kind": "vae"})
+        writer.add_items(new_items(["a.png"]), random_codes(np.random.default_rng(1), 1, 32), gaussian_latents(np.random.default_rng(2), 1))
+        with pytest.raises(StoreError, match="is not a hashing model"):
+            writer.commit(models=ModelPair(models.latent, models.hashing))
+        writer.commit(models=models)
+    (store.models_dir / "leftover").mkdir()  # a checkpoint saved by a writer killed before recording it
+    with store.writer():
+        pass
+    assert sorted(p.name for p in store.models_dir.iterdir()) == ["hashing-1", "latent-1"]
+    view = store.snapshot()
+    assert view.models() == models == store.latest_models() and view.model_dir(models.latent) == store.models_dir / "latent-1"
+    info = store.info()
+    assert INFO_KEYS <= set(info) and set(info) - INFO_KEYS <= {"backend"}
+    assert (info["generation"], info["items"], info["pending"]) == (1, 1, {"added": 0, "removed": 0})
+    assert info["models"]["hashing"]["dir"] == "models/hashing-1" and info["committed_at"] == view.committed_at
 
 
 def test_nothing_outside_the_backend_package_imports_the_local_backend():

@@ -9,6 +9,10 @@ modules (tests/test_backend_contract.py checks it).
     milvus  items, codes and latents in Milvus (a Milvus Lite file or a server), settings, models,
             skipped files and generations in a small SQLite catalogue in the store folder
             (hashae.index.backends.milvus; the optional extra hashae[milvus])
+
+What both do alike outside their vectors is written once: common.py (the store's models, skipped
+files and info, the read view's generation plumbing, the writer's model records) and
+catalogue_tables.py (the SQL of the catalogue tables both keep: meta, models, skipped).
 """
 
 from __future__ import annotations

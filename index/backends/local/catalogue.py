@@ -21,11 +21,10 @@ transaction per batch of items, so it is noise next to encoding the batch.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,13 @@ import numpy as np
 from sqlite_utils import Database
 
 from hashae.codes import check_codes
-from hashae.durable import fsync_file, fsync_folder
-from hashae.index.backends.base import (
-    ItemInfo,
-    LiveItem,
-    ModelPair,
-    ModelRecord,
-    NewItem,
-    SkippedFile,
-    StoreError,
+from hashae.index.backends.base import ItemInfo, LiveItem, ModelPair, NewItem, StoreError
+from hashae.index.backends.catalogue_tables import (
+    MODELS_TABLE,
+    SKIPPED_TABLE,
+    CatalogueTables,
+    build_catalogue_file,
+    utc_now,
 )
 from hashae.index.backends.local.names import name_from_db, name_to_db
 from hashae.index.backends.local.stored_settings import settings_from_stored, settings_to_stored
@@ -52,7 +49,7 @@ _MAX_PARAMS = 900  # ids per "IN (...)" query, below SQLite's oldest limit on bo
 
 VISIBLE_AT = "added_gen <= :gen AND (removed_gen IS NULL OR removed_gen > :gen)"
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     path TEXT NOT NULL,
@@ -69,21 +66,8 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE UNIQUE INDEX IF NOT EXISTS items_live_path ON items (path) WHERE removed_gen IS NULL;
 CREATE INDEX IF NOT EXISTS items_generations ON items (added_gen, removed_gen);
 CREATE INDEX IF NOT EXISTS items_removed_gen ON items (removed_gen);
-CREATE TABLE IF NOT EXISTS skipped (
-    path TEXT PRIMARY KEY,
-    reason TEXT NOT NULL,
-    size INTEGER,
-    mtime_ns INTEGER,
-    seen_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS models (
-    id INTEGER PRIMARY KEY,
-    role TEXT NOT NULL CHECK (role IN ('hashing', 'latent')),
-    dir TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    info_json TEXT NOT NULL
-);
+{SKIPPED_TABLE}
+{MODELS_TABLE}
 CREATE TABLE IF NOT EXISTS generations (
     gen INTEGER PRIMARY KEY,
     created_at TEXT NOT NULL,
@@ -120,8 +104,16 @@ class Generation:
 
 
 # -------------------------------------------------------------------------------------- catalogue
-class Catalogue:
-    """The SQLite catalogue of a store: items, skipped files, models, generations and settings."""
+class Catalogue(CatalogueTables):
+    """The SQLite catalogue of a store: items, skipped files, models, generations and settings.
+
+    Items and generation rows are its own; the models, skipped and meta tables' SQL is shared with
+    the Milvus catalogue (catalogue_tables.py). Names that are not UTF-8 are stored as the BLOB of
+    their bytes (names.py).
+    """
+
+    _text_to_db = staticmethod(name_to_db)
+    _text_from_db = staticmethod(name_from_db)
 
     def __init__(self, path: str | Path, *, writable: bool = False):
         """Open the existing catalogue at path (Catalogue.create makes a new one).
@@ -166,39 +158,26 @@ class Catalogue:
         catalogue (an empty catalogue.db is refused as damaged). The caller holds the write lock.
         """
         path = Path(path)
-        temporary = path.with_name(f"{path.name}.new-{os.getpid()}")
-        for leftover in (temporary, *(Path(f"{temporary}{s}") for s in ("-wal", "-shm", "-journal"))):
-            leftover.unlink(missing_ok=True)
-        conn = sqlite3.connect(str(temporary))
-        try:
+
+        def fill(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.executescript(SCHEMA)
             conn.execute("INSERT INTO meta (key, value) VALUES ('format_version', ?)", [json.dumps(FORMAT_VERSION)])
-            conn.commit()
-        finally:
-            conn.close()  # checkpoints and removes the WAL: the whole catalogue is in the one file
-        fsync_file(temporary)
-        os.replace(temporary, path)
-        fsync_folder(path.parent)
+
+        build_catalogue_file(path, fill)
         return cls(path, writable=True)
 
-    def close(self) -> None:
-        self.db.close()
+    def _sql(self) -> sqlite3.Connection:
+        return self.db.conn
+
+    def _write_transaction(self) -> AbstractContextManager[Any]:
+        return self.db.atomic()
 
     def __enter__(self) -> Catalogue:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _check_format_version(self) -> None:
-        version = self.get_meta("format_version")
-        if version != FORMAT_VERSION:
-            self.close()
-            raise StoreError(
-                f"the catalogue {self.path} has format version {version}, this hashae reads "
-                f"{FORMAT_VERSION}; upgrade hashae or index into a new store"
-            )
 
     def is_blank(self) -> bool:
         """True when the catalogue holds nothing at all: no settings, items, skipped files, models
@@ -225,7 +204,7 @@ class Catalogue:
             return np.empty(0, dtype=np.int64)
         try:
             with self.db.atomic():
-                self.db.conn.executemany(_INSERT_ITEM, self._item_records(rows, codes, latents, gen, _now()))
+                self.db.conn.executemany(_INSERT_ITEM, self._item_records(rows, codes, latents, gen, utc_now()))
                 last = self.db.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         except sqlite3.IntegrityError as err:
             path = self._first_taken_path(rows)
@@ -353,89 +332,7 @@ class Catalogue:
             _stack_blobs(latents, np.dtype("<f4"), what="latents").astype(np.float32, copy=False),
         )
 
-    # ----------------------------------------------------------------------------------- skipped
-    def record_skipped(self, entries: Iterable[tuple[str, str, int | None, int | None]]) -> None:
-        """Record files that could not be used: (path, reason, size, mtime_ns); replaces older entries."""
-        now = _now()
-        records = [(name_to_db(p), name_to_db(reason), size, mtime, now) for p, reason, size, mtime in entries]
-        with self.db.atomic():
-            self.db.conn.executemany(
-                "INSERT INTO skipped (path, reason, size, mtime_ns, seen_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (path) DO UPDATE SET reason = excluded.reason, size = excluded.size,"
-                " mtime_ns = excluded.mtime_ns, seen_at = excluded.seen_at",
-                records,
-            )
-
-    def clear_skipped(self, paths: Iterable[str]) -> None:
-        """Forget skipped entries (the file was fixed, indexed or deleted)."""
-        with self.db.atomic():
-            self.db.conn.executemany("DELETE FROM skipped WHERE path = ?", [(name_to_db(p),) for p in paths])
-
-    def skipped(self) -> list[SkippedFile]:
-        """Every skipped file, by path."""
-        rows = self.db.execute("SELECT path, reason, size, mtime_ns, seen_at FROM skipped")
-        found = [SkippedFile(name_from_db(path), name_from_db(reason), *rest) for path, reason, *rest in rows]
-        return sorted(found, key=lambda skipped: skipped.path)
-
-    # ------------------------------------------------------------------------------------ models
-    def add_models(self, *, hashing: dict[str, Any], latent: dict[str, Any]) -> ModelPair:
-        """Record a hashing and a latent model in one transaction: a kill leaves both or neither.
-
-        Each is {"dir": checkpoint folder relative to the store (posix), "kind": ..., "info": {...}}.
-        The pair gets consecutive ids, hashing first (latest_models relies on it).
-        """
-        with self.db.atomic():
-            ids = [self._insert_model(role, record) for role, record in (("hashing", hashing), ("latent", latent))]
-        return ModelPair(*(self.model(i) for i in ids))
-
-    def _insert_model(self, role: str, record: dict[str, Any]) -> int:
-        unknown = set(record) - {"dir", "kind", "info"}
-        if unknown or not {"dir", "kind"} <= set(record):
-            raise StoreError(f"a {role} model record needs dir, kind and optionally info; got {sorted(record)}")
-        cursor = self.db.conn.execute(
-            "INSERT INTO models (role, dir, kind, created_at, info_json) VALUES (?, ?, ?, ?, ?)",
-            (role, str(record["dir"]), str(record["kind"]), _now(), json.dumps(record.get("info") or {})),
-        )
-        return cursor.lastrowid
-
-    def model(self, model_id: int) -> ModelRecord:
-        """The model row with this id; StoreError when there is none."""
-        row = self.db.execute(f"SELECT {_MODEL_COLUMNS} FROM models WHERE id = ?", [model_id]).fetchone()
-        if row is None:
-            raise StoreError(f"no model with id {model_id} in the catalogue")
-        return _model_record(row)
-
-    def latest_models(self) -> ModelPair | None:
-        """The newest pair of models recorded together (committed or not); None when there is none.
-
-        A pair is a hashing model and the latent model recorded right after it. A hashing model
-        recorded alone (by a hashae older than pair records, killed between its two records) is
-        never paired with an older latent model: the pair before it is returned instead.
-        """
-        row = self.db.execute(
-            "SELECT h.id, l.id FROM models h JOIN models l ON l.id = h.id + 1 AND l.role = 'latent'"
-            " WHERE h.role = 'hashing' ORDER BY h.id DESC LIMIT 1"
-        ).fetchone()
-        return None if row is None else ModelPair(self.model(row[0]), self.model(row[1]))
-
-    def models_of(self, generation: Generation) -> ModelPair | None:
-        """The models a generation's vectors were made with (None when it names none)."""
-        if generation.hashing_model is None or generation.latent_model is None:
-            return None
-        return ModelPair(self.model(generation.hashing_model), self.model(generation.latent_model))
-
-    def count_models(self) -> int:
-        return self.db.execute("SELECT count(*) FROM models").fetchone()[0]
-
-    def model_dirs(self) -> set[str]:
-        """The checkpoint folders (relative to the store, posix) of every recorded model."""
-        return {row[0] for row in self.db.execute("SELECT dir FROM models")}
-
     # ------------------------------------------------------------------------------- generations
-    def last_generation(self) -> int:
-        """The newest committed generation; 0 when nothing has been committed yet."""
-        return self.db.execute("SELECT coalesce(max(gen), 0) FROM generations").fetchone()[0]
-
     def generation(self, gen: int) -> Generation | None:
         """The committed generation gen, or None."""
         sql = f"SELECT {_GENERATION_COLUMNS} FROM generations WHERE gen = ?"
@@ -446,9 +343,6 @@ class Catalogue:
         if settings is None:
             raise StoreError(f"generation {gen} of {self.path} has no code length in its settings; index into a new store")
         return Generation(*row[:-1], settings=settings)
-
-    def count_generations(self) -> int:
-        return self.db.execute("SELECT count(*) FROM generations").fetchone()[0]
 
     def commit_generation(
         self,
@@ -465,7 +359,7 @@ class Catalogue:
         """Insert the generations row: THE commit point of generation gen (must follow the last one)."""
         record = (
             gen,
-            _now(),
+            utc_now(),
             n_items,
             None if models is None else models.hashing.id,
             None if models is None else models.latent.id,
@@ -476,9 +370,7 @@ class Catalogue:
             json.dumps(settings_to_stored(settings), sort_keys=True),
         )
         with self.db.atomic():
-            last = self.last_generation()
-            if gen != last + 1:
-                raise StoreError(f"cannot commit generation {gen}: the last committed one is {last}")
+            self._check_next_generation(gen)
             marks = ", ".join("?" * len(record))
             self.db.execute(f"INSERT INTO generations ({_GENERATION_COLUMNS}) VALUES ({marks})", record)
 
@@ -496,23 +388,11 @@ class Catalogue:
             self.db.execute("DELETE FROM meta WHERE key != 'format_version'")
             for key, value in document.items():
                 if key != "format_version":
-                    self._set_meta_in_transaction(key, value)
-
-    def get_meta(self, key: str, default: Any = None) -> Any:
-        """A raw meta value (JSON-decoded), or default."""
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return default if row is None else json.loads(row[0])
+                    self._set_meta(key, value)
 
     def meta(self) -> dict[str, Any]:
         """Every meta value, JSON-decoded: the working settings and the format version."""
         return {key: json.loads(value) for key, value in self.db.execute("SELECT key, value FROM meta")}
-
-    def _set_meta_in_transaction(self, key: str, value: Any) -> None:
-        self.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [key, json.dumps(value)],
-        )
 
 
 SCHEMA_TABLES = {"items", "skipped", "models", "generations", "meta"}
@@ -521,7 +401,6 @@ _INSERT_ITEM = (
     "INSERT INTO items (path, size, mtime_ns, content_hash, label, code, latent, added_gen, added_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_MODEL_COLUMNS = "id, role, dir, kind, created_at, info_json"
 _GENERATION_COLUMNS = (
     "gen, created_at, n_items, hashing_model, latent_model, hamming_file, latent_file,"
     " hamming_blake2b, latent_blake2b, settings_json"
@@ -537,11 +416,6 @@ def _connect(path: Path, *, writable: bool) -> sqlite3.Connection:
 def _item_info(row: tuple) -> ItemInfo:
     item_id, path, label, *rest = row
     return ItemInfo(item_id, name_from_db(path), name_from_db(label), *rest)
-
-
-def _model_record(row: tuple) -> ModelRecord:
-    *fields, info_json = row
-    return ModelRecord(*fields, info=json.loads(info_json))
 
 
 def _stack_blobs(blobs: Sequence[bytes], dtype: np.dtype, *, what: str) -> np.ndarray:
@@ -564,6 +438,3 @@ def _check_latent_rows(latents: np.ndarray) -> np.ndarray:
         raise StoreError(f"latents must be a 2-D float32 array, got {got}")
     return latents
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

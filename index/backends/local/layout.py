@@ -15,9 +15,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hashae.index.backends.common import MODELS_DIR, make_folders
+
 CATALOGUE_FILE = "catalogue.db"
 LOCK_FILE = "write.lock"
-MODELS_DIR = "models"
 INDEXES_DIR = "indexes"
 HAMMING_FILE = "hamming-{gen}.bin"
 LATENT_FILE = "latent-{gen}.faiss"
@@ -57,8 +58,4 @@ class StoreLayout:
 
         Returns the folders this call created, outermost first, so a caller can take them back.
         """
-        missing = [folder for folder in (*reversed(self.root.parents), self.root) if not folder.exists()]
-        missing += [folder for folder in (self.models_dir, self.indexes_dir) if not folder.exists()]
-        for folder in missing:
-            folder.mkdir(exist_ok=True)
-        return missing
+        return make_folders(self.root, self.models_dir, self.indexes_dir)

@@ -8,30 +8,21 @@ threshold and approximate (high recall) above it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hashae.index.backends.base import (
-    Hit,
-    ItemInfo,
-    ModelPair,
-    ModelRecord,
-    Results,
-    SearchArgumentError,
-    UnknownItemError,
-)
+from hashae.index.backends.base import Hit, ItemInfo, Results, UnknownItemError
+from hashae.index.backends.common import GenerationView, as_ids, check_int
 from hashae.index.backends.local.catalogue import Generation
 from hashae.index.backends.local.hamming import HammingIndex, UnknownIdError
 from hashae.index.backends.local.latent import LatentError, LatentIndex
-from hashae.index.settings import StoreSettings
 
 if TYPE_CHECKING:
     from hashae.index.backends.local.store import LocalStore
 
 
-class LocalSnapshot:
+class LocalSnapshot(GenerationView):
     """Searches and lookups answered from one committed generation, whatever writers do meanwhile.
 
     Every search returns Results: one list of Hit per query, best first, sorted by (distance, id),
@@ -57,33 +48,8 @@ class LocalSnapshot:
         self.hamming_strategy = "scan" if store.short_lived else "auto"
 
     @property
-    def gen(self) -> int:
-        return self.generation.gen
-
-    @property
-    def committed_at(self) -> str:
-        """When this generation was committed (ISO 8601, UTC)."""
-        return self.generation.created_at
-
-    @property
-    def settings(self) -> StoreSettings:
-        """The settings this generation was committed with."""
-        return self.generation.settings
-
-    @property
     def n_items(self) -> int:
         return self.hamming.ntotal
-
-    def is_stale(self) -> bool:
-        """True once a newer generation is committed: take a new store.snapshot() to see it."""
-        return self.store.catalogue.last_generation() != self.gen
-
-    def models(self) -> ModelPair | None:
-        """The models this generation's codes and latents were made with."""
-        return self.store.catalogue.models_of(self.generation)
-
-    def model_dir(self, model: ModelRecord) -> Path:
-        return self.store.model_dir(model)
 
     def items(self, ids: Iterable[int]) -> dict[int, ItemInfo]:
         """Metadata of items by id (ids purged since this snapshot was taken are absent)."""
@@ -95,7 +61,7 @@ class LocalSnapshot:
 
     def codes_of(self, ids: np.ndarray) -> np.ndarray:
         """Stored packed codes uint8 (n, bits/8) of these ids, in order; UnknownItemError if absent."""
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         try:
             return self.hamming.codes_of(ids)
         except UnknownIdError as err:
@@ -103,7 +69,7 @@ class LocalSnapshot:
 
     def latents_of(self, ids: np.ndarray) -> np.ndarray:
         """Stored latents float32 (n, latent_dim) of these ids, in order; UnknownItemError if absent."""
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         unknown = ids[~np.isin(ids, self.hamming.ids())]
         if len(unknown):
             raise UnknownItemError(f"ids not in generation {self.gen}: {unknown[:5].tolist()}")
@@ -115,33 +81,20 @@ class LocalSnapshot:
     # -------------------------------------------------------------------------------- searches
     def search_hamming(self, codes: np.ndarray, *, k: int) -> Results:
         """Exact Hamming k-NN of packed uint8 codes (nq, bits/8); distances in bits."""
-        _check_int("k", k, minimum=1)
+        check_int("k", k, minimum=1)
         distances, ids = self.hamming.search(codes, k=int(k), strategy=self.hamming_strategy)
         return _hits_per_query(distances, ids, as_type=int)
 
     def range_hamming(self, codes: np.ndarray, *, radius: int) -> Results:
         """Every item within Hamming distance <= radius of each code, sorted by (distance, id)."""
-        _check_int("radius", radius, minimum=0)
+        check_int("radius", radius, minimum=0)
         found = self.hamming.range_search(codes, radius=int(radius), strategy=self.hamming_strategy)
         return [_hits(distances, ids, as_type=int) for distances, ids in found]
 
     def search_latent(self, latents: np.ndarray, *, k: int) -> Results:
         """k-NN of float32 latents (nq, latent_dim) by squared L2 (exact unless the index is HNSW)."""
-        _check_int("k", k, minimum=1)
+        check_int("k", k, minimum=1)
         return _hits_per_query(*self.latent.search(latents, k=int(k)), as_type=float)
-
-
-def _check_int(name: str, value: int, *, minimum: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        wanted = "a positive integer" if minimum == 1 else "a non-negative integer"
-        raise SearchArgumentError(f"{name} must be {wanted}, got {value!r}")
-
-
-def _as_ids(ids: np.ndarray) -> np.ndarray:
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or (len(ids) and ids.dtype.kind not in "iu"):
-        raise SearchArgumentError(f"ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
-    return ids.astype(np.int64, copy=False)
 
 
 def _hits(distances: np.ndarray, ids: np.ndarray, *, as_type: type) -> list[Hit]:

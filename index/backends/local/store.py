@@ -18,14 +18,12 @@ not, and answers searches from that generation until the caller takes a new snap
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from hashae.index.backends.base import ModelPair, ModelRecord, SkippedFile, StoreError, verified_model_dir
+from hashae.index.backends.base import StoreError
+from hashae.index.backends.common import StoreCommon, remove_empty_folder
 from hashae.index.backends.local.catalogue import Catalogue, Generation
 from hashae.index.backends.local.files import (
     UnusableIndexFiles,
@@ -39,14 +37,16 @@ from hashae.index.backends.local.layout import StoreLayout
 from hashae.index.backends.lock import write_lock
 from hashae.index.backends.local.snapshot import LocalSnapshot
 from hashae.index.backends.local.writer import LocalWriteTransaction
-from hashae.index.settings import StoreSettings
 
 HNSW_THRESHOLD = 200_000  # latent indexes of at least this many items are built as HNSW, not flat
 SNAPSHOT_ATTEMPTS = 5
 
 
-class LocalStore:
-    """A store folder. Open it with LocalStore.open; write through writer(); read through snapshot()."""
+class LocalStore(StoreCommon):
+    """A store folder. Open it with LocalStore.open; write through writer(); read through snapshot().
+
+    Models, skipped files and info() are answered as every backend does (StoreCommon, common.py).
+    """
 
     def __init__(self, layout: StoreLayout, *, create: bool, hnsw_threshold: int, short_lived: bool):
         self.layout = layout
@@ -74,34 +74,14 @@ class LocalStore:
         layout = StoreLayout(Path(path))
         if layout.root.exists() and not layout.root.is_dir():
             raise StoreError(f"{layout.root} is not a folder; give --store a folder for the store")
-        if not create and not layout.catalogue.is_file():
-            raise StoreError(f"no hashae store at {layout.root} — run `hashae index FOLDER` first")
         store = cls(layout, create=create, hnsw_threshold=hnsw_threshold, short_lived=short_lived)
-        if layout.catalogue.exists():
-            store._open_catalogue()  # an empty, foreign or too new catalogue is refused here
+        if not create and not layout.catalogue.is_file():
+            raise StoreError(store._missing_message())
+        if store.exists():
+            store._catalogue = store._open_catalogue()  # an empty, foreign or too new catalogue is refused here
         return store
 
-    def close(self) -> None:
-        if self._catalogue is not None:
-            self._catalogue.close()
-            self._catalogue = None
-
-    def __enter__(self) -> LocalStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # ------------------------------------------------------------------------------ what it holds
-    @property
-    def catalogue(self) -> Catalogue:
-        """The catalogue, through a read-only connection (StoreError while no store exists)."""
-        if self._catalogue is None:
-            if not self.layout.catalogue.exists():
-                raise StoreError(f"no hashae store at {self.root} — run `hashae index FOLDER` first")
-            self._open_catalogue()
-        return self._catalogue
-
     @property
     def indexes_dir(self) -> Path:
         return self.layout.indexes_dir
@@ -111,29 +91,13 @@ class LocalStore:
         """Where checkpoint folders go (record them with the writer's add_models)."""
         return self.layout.models_dir
 
-    def model_dir(self, model: ModelRecord) -> Path:
-        """The checkpoint folder of a model record, its files checked against the recorded digests."""
-        return verified_model_dir(self.root, model)
-
     def exists(self) -> bool:
         """False for a store opened with create=True that no writer has made yet."""
         return self.layout.catalogue.exists()
 
-    def settings(self) -> StoreSettings | None:
-        """The working settings (what the next commit freezes; a snapshot has its generation's)."""
-        return self.catalogue.settings() if self.exists() else None
-
-    def latest_models(self) -> ModelPair | None:
-        """The newest model pair recorded together (committed or not)."""
-        return self.catalogue.latest_models() if self.exists() else None
-
     def backend_fields(self) -> dict[str, str | None]:
         """A local store keeps its vectors in its own folder."""
         return {"backend": "local", "backend_uri": None}
-
-    def skipped(self) -> list[SkippedFile]:
-        """Every file the reader could not use, with its reason, by path."""
-        return self.catalogue.skipped() if self.exists() else []
 
     # --------------------------------------------------------------------------- write and read
     @contextmanager
@@ -142,7 +106,7 @@ class LocalStore:
         writer holds it. Leaving the block without commit() keeps the pending rows: the next
         writer commits them. A store this writer made and left holding nothing is taken back."""
         if not self.create and not self.exists():
-            raise StoreError(f"no hashae store at {self.root} — run `hashae index FOLDER` first")
+            raise StoreError(self._missing_message())
         made = self.layout.make_folders()
         take_back = False
         try:
@@ -162,7 +126,7 @@ class LocalStore:
         finally:
             if take_back:
                 for folder in reversed(made):
-                    _remove_empty_folder(folder)
+                    remove_empty_folder(folder)
 
     def snapshot(self) -> LocalSnapshot:
         """A read-only view of the newest committed generation (takes no lock)."""
@@ -178,42 +142,16 @@ class LocalStore:
                 return LocalSnapshot(self, generation, hamming, latent, rebuilt_because=rebuilt_because)
         raise StoreError(f"the store at {self.root} kept changing while it was being read; try again")
 
-    def info(self) -> dict[str, Any]:
-        """What `hashae info --json` prints: counts, skipped files with reasons, settings, models.
-
-        "empty" is true while nothing has been committed (run `hashae index FOLDER`).
-        """
-        if not self.exists():
-            return _empty_info(self.root)
-        catalogue = self.catalogue
-        gen = catalogue.last_generation()
-        generation = catalogue.generation(gen)
-        settings = generation.settings if generation else catalogue.settings()
-        skipped = catalogue.skipped()
-        added, removed = catalogue.count_pending(gen + 1)
-        models = catalogue.models_of(generation) if generation else None
-        return {
-            **_empty_info(self.root),
-            "empty": generation is None,
-            "generation": gen,
-            "committed_at": generation.created_at if generation else None,
-            "items": catalogue.count_visible(gen),
-            "pending": {"added": added, "removed": removed},
-            "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
-            "skipped_by_reason": dict(Counter(s.reason for s in skipped)),
-            "bits": settings.bits if settings else None,
-            "latent_dim": settings.latent_dim if settings else None,
-            "settings": settings.to_dict() if settings else None,
-            "generations": catalogue.count_generations(),
-            "models": {
-                "hashing": asdict(models.hashing) if models else None,
-                "latent": asdict(models.latent) if models else None,
-            },
-        }
-
     # ------------------------------------------------------------------------------- internals
-    def _open_catalogue(self) -> None:
-        self._catalogue = Catalogue(self.layout.catalogue)
+    def _info_items(self, gen: int, generation: Generation | None) -> int:
+        return self.catalogue.count_visible(gen)
+
+    def _info_pending(self, gen: int) -> dict[str, int]:
+        added, removed = self.catalogue.count_pending(gen)
+        return {"added": added, "removed": removed}
+
+    def _open_catalogue(self) -> Catalogue:
+        return Catalogue(self.layout.catalogue)
 
     def _writable_catalogue(self) -> Catalogue:
         """The writer's own connection; the catalogue is made here (under the lock) when missing."""
@@ -232,17 +170,8 @@ class LocalStore:
                 if folder.is_dir() and not folder.is_symlink():
                     shutil.rmtree(folder, ignore_errors=True)
         for folder in (self.layout.models_dir, self.layout.indexes_dir):
-            _remove_empty_folder(folder)
+            remove_empty_folder(folder)
         self.layout.lock.unlink(missing_ok=True)
-
-    def _last_generation_or_fail(self) -> Generation:
-        generation = self.catalogue.generation(self.catalogue.last_generation())
-        if generation is None:
-            raise StoreError(self._empty_message())
-        return generation
-
-    def _empty_message(self) -> str:
-        return f"the store at {self.root} is empty (no committed index yet) — run `hashae index FOLDER`"
 
     def _indexes_of(self, generation: Generation) -> tuple[HammingIndex, LatentIndex, str | None]:
         """The generation's indexes from its files, or rebuilt from SQLite (with the reason why)."""
@@ -257,27 +186,3 @@ class LocalStore:
             )
             return hamming, latent, str(why)
 
-
-def _empty_info(root: Path) -> dict[str, Any]:
-    return {
-        "store": str(root),
-        "empty": True,
-        "generation": 0,
-        "committed_at": None,
-        "items": 0,
-        "pending": {"added": 0, "removed": 0},
-        "skipped": [],
-        "skipped_by_reason": {},
-        "bits": None,
-        "latent_dim": None,
-        "settings": None,
-        "generations": 0,
-        "models": {"hashing": None, "latent": None},
-    }
-
-
-def _remove_empty_folder(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass  # not empty (or already gone): it holds something that is not ours to remove

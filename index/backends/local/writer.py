@@ -11,15 +11,14 @@ A kill at any step leaves G committed and intact; the next writer takes over the
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hashae.codes import check_codes
-from hashae.index.backends.base import LiveItem, ModelPair, NewItem, StoreError, with_checkpoint_digests
+from hashae.index.backends.base import LiveItem, ModelPair, NewItem, StoreError
+from hashae.index.backends.common import WriterCommon
 from hashae.index.backends.local.catalogue import Catalogue
 from hashae.index.backends.local.files import (
     Indexes,
@@ -31,17 +30,18 @@ from hashae.index.backends.local.files import (
     remove_other_index_files,
 )
 from hashae.index.backends.local.latent import check_latents
-from hashae.index.backends.local.layout import MODELS_DIR, StoreLayout
+from hashae.index.backends.local.layout import StoreLayout
 from hashae.index.settings import StoreSettings
 
 if TYPE_CHECKING:
     from hashae.index.backends.local.store import LocalStore
 
 
-class LocalWriteTransaction:
+class LocalWriteTransaction(WriterCommon):
     """Changes towards the next generation (self.gen), made under the store's write lock.
 
-    Pending rows left by a crashed writer are picked up and committed by the next one.
+    Pending rows left by a crashed writer are picked up and committed by the next one. Skipped
+    files and model records: WriterCommon (common.py).
     """
 
     def __init__(self, store: LocalStore, catalogue: Catalogue):
@@ -79,14 +79,6 @@ class LocalWriteTransaction:
         """(rows added, rows removed) that commit() would publish."""
         return self.catalogue.count_pending(self.gen)
 
-    def record_skipped(self, entries: Iterable[tuple[str, str, int | None, int | None]]) -> None:
-        """Record unusable files as (path, reason, size, mtime_ns)."""
-        self.catalogue.record_skipped(entries)
-
-    def clear_skipped(self, paths: Iterable[str]) -> None:
-        """Forget skipped files that were fixed, indexed or deleted."""
-        self.catalogue.clear_skipped(paths)
-
     # ------------------------------------------------------------------------ settings, models
     def set_settings(self, settings: StoreSettings) -> None:
         """The settings the next commit freezes into its generation (readers never see a half change)."""
@@ -95,17 +87,6 @@ class LocalWriteTransaction:
         if settings.backend != "local":
             raise StoreError(f"this store at {self.layout.root} is a local store, not {settings.backend!r}")
         self.catalogue.set_settings(settings)
-
-    def add_models(self, *, hashing: dict[str, Any], latent: dict[str, Any]) -> ModelPair:
-        """Record a new pair of checkpoint folders in one transaction; returns their records.
-
-        Each is {"dir": folder inside the store (absolute, or relative to it), "kind": model kind,
-        "info": JSON-able training summary}. A kill leaves both recorded or neither.
-        """
-        records = {role: {**record, "dir": self._relative_model_dir(record.get("dir"))} for role, record in
-                   (("hashing", hashing), ("latent", latent))}
-        records = {role: with_checkpoint_digests(record, self.layout.root) for role, record in records.items()}
-        return self.catalogue.add_models(**records)
 
     # ---------------------------------------------------------------------------------- commit
     def commit(self, *, models: ModelPair) -> int:
@@ -125,33 +106,12 @@ class LocalWriteTransaction:
         committed, self.gen = self.gen, self.gen + 1
         return committed
 
-    def _at(self, step: str) -> None:
-        """A named point of commit(); does nothing. Crash tests override it to kill the process here."""
-
     # ------------------------------------------------------------------------------- internals
     def _working_settings(self) -> StoreSettings:
         settings = self.catalogue.settings()
         if settings is None:
             raise StoreError("set the store settings (bits, latent_dim, ...) first: set_settings(StoreSettings(...))")
         return settings
-
-    def _relative_model_dir(self, folder: str | Path | None) -> str:
-        if folder is None:
-            raise StoreError("a model record needs its checkpoint folder (dir)")
-        folder = Path(folder)
-        if folder.is_absolute():
-            try:
-                folder = folder.relative_to(self.layout.root.absolute())
-            except ValueError:
-                raise StoreError(f"model folder {folder} is outside the store {self.layout.root}") from None
-        return folder.as_posix()
-
-    def _check_models(self, models: ModelPair) -> None:
-        if not isinstance(models, ModelPair):
-            raise TypeError(f"commit takes models=ModelPair, got {type(models).__name__}")
-        for role, record in (("hashing", models.hashing), ("latent", models.latent)):
-            if self.catalogue.model(record.id).role != role:
-                raise StoreError(f"model {record.id} is not a {role} model")
 
     def _indexes_for_commit(self, settings: StoreSettings) -> Indexes:
         """The previous generation's indexes plus this one's changes; rebuilt from SQLite if that fails."""
@@ -191,15 +151,3 @@ class LocalWriteTransaction:
                 keep |= {generation.hamming_file, generation.latent_file}
         remove_other_index_files(self.layout.indexes_dir, keep=keep)
 
-    def _remove_unrecorded_model_folders(self) -> None:
-        """Delete folders under models/ that no model row names. Only a writer creates them, and it
-        records each right after saving it, so under the write lock an unrecorded one is the
-        leftover of a killed run (or of checkpoint.save's temporary folder)."""
-        models_dir = self.layout.models_dir
-        if not models_dir.is_dir():
-            return
-        parts = [Path(folder).parts for folder in self.catalogue.model_dirs()]
-        recorded = {p[1] for p in parts if len(p) > 1 and p[0] == MODELS_DIR}  # top folders under models/
-        for path in models_dir.iterdir():
-            if path.is_dir() and not path.is_symlink() and path.name not in recorded:
-                shutil.rmtree(path, ignore_errors=True)

@@ -16,18 +16,22 @@ Journal WAL, synchronous=FULL: a commit is durable when it returns. Readers open
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hashae.durable import fsync_file, fsync_folder
 from hashae.errors import ConfigError
-from hashae.index.backends.base import ModelPair, ModelRecord, SkippedFile, StoreError
+from hashae.index.backends.base import ModelPair, StoreError
+from hashae.index.backends.catalogue_tables import (
+    MODELS_TABLE,
+    SKIPPED_TABLE,
+    CatalogueTables,
+    build_catalogue_file,
+    utc_now,
+)
 from hashae.index.backends.milvus.names import text_from_db, text_to_db
 from hashae.index.settings import FORMAT_VERSION, StoreSettings
 
@@ -35,7 +39,7 @@ CATALOGUE_KIND = "hashae-milvus-catalogue"
 BUSY_TIMEOUT_S = 10.0
 FIRST_ID = 1
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE collections (
     name TEXT PRIMARY KEY,
@@ -43,14 +47,7 @@ CREATE TABLE collections (
     latent_dim INTEGER NOT NULL,
     created_at TEXT NOT NULL
 );
-CREATE TABLE models (
-    id INTEGER PRIMARY KEY,
-    role TEXT NOT NULL CHECK (role IN ('hashing', 'latent')),
-    dir TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    info_json TEXT NOT NULL
-);
+{MODELS_TABLE}
 CREATE TABLE generations (
     gen INTEGER PRIMARY KEY,
     created_at TEXT NOT NULL,
@@ -60,13 +57,7 @@ CREATE TABLE generations (
     latent_model INTEGER REFERENCES models (id),
     settings_json TEXT NOT NULL
 );
-CREATE TABLE skipped (
-    path TEXT PRIMARY KEY,
-    reason TEXT NOT NULL,
-    size INTEGER,
-    mtime_ns INTEGER,
-    seen_at TEXT NOT NULL
-);
+{SKIPPED_TABLE}
 """
 TABLES = {"meta", "collections", "models", "generations", "skipped"}
 # meta keys every catalogue has from its creation on (a catalogue holding only these is blank)
@@ -95,8 +86,15 @@ class CollectionRecord:
     latent_dim: int
 
 
-class MilvusCatalogue:
-    """The SQLite catalogue of a Milvus store. Read-only unless writable=True (the one writer)."""
+class MilvusCatalogue(CatalogueTables):
+    """The SQLite catalogue of a Milvus store. Read-only unless writable=True (the one writer).
+
+    Its models, skipped and meta tables' SQL is shared with the local catalogue
+    (catalogue_tables.py); text is stored as names.py spells it for Milvus.
+    """
+
+    _text_to_db = staticmethod(text_to_db)
+    _text_from_db = staticmethod(text_from_db)
 
     def __init__(self, path: Path, *, writable: bool = False):
         self.path = Path(path)
@@ -117,37 +115,27 @@ class MilvusCatalogue:
         if not TABLES <= tables or self.get_meta("kind") != CATALOGUE_KIND:
             self.close()
             raise StoreError(f"{self.path} is not the catalogue of a hashae Milvus store; use another --store")
-        if self.get_meta("format_version") != FORMAT_VERSION:
-            version = self.get_meta("format_version")
-            self.close()
-            raise StoreError(
-                f"the catalogue {self.path} has format version {version}, this hashae reads "
-                f"{FORMAT_VERSION}; upgrade hashae or index into a new store"
-            )
+        self._check_format_version()
 
     @classmethod
     def create(cls, path: Path, *, uri: str | None, hamming_index: dict[str, Any]) -> MilvusCatalogue:
         """Make a new catalogue at path (under a temporary name, renamed into place) and open it
         writable. uri: the Milvus URI (None: the Milvus Lite file inside the store folder)."""
-        temporary = path.with_name(f"{path.name}.new-{os.getpid()}")
-        for leftover in (temporary, *(Path(f"{temporary}{s}") for s in ("-wal", "-shm", "-journal"))):
-            leftover.unlink(missing_ok=True)
-        connection = sqlite3.connect(str(temporary))
-        try:
+        birth = {"kind": CATALOGUE_KIND, "format_version": FORMAT_VERSION, "uri": uri,
+                 "hamming_index": hamming_index, "next_id": FIRST_ID}
+
+        def fill(connection: sqlite3.Connection) -> None:
             connection.executescript(SCHEMA)
-            birth = {"kind": CATALOGUE_KIND, "format_version": FORMAT_VERSION, "uri": uri,
-                     "hamming_index": hamming_index, "next_id": FIRST_ID}
             connection.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in birth.items()])
-            connection.commit()
-        finally:
-            connection.close()
-        fsync_file(temporary)
-        os.replace(temporary, path)
-        fsync_folder(path.parent)
+
+        build_catalogue_file(path, fill)
         return cls(path, writable=True)
 
-    def close(self) -> None:
-        self.db.close()
+    def _sql(self) -> sqlite3.Connection:
+        return self.db
+
+    def _write_transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self.transaction()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -167,16 +155,6 @@ class MilvusCatalogue:
         return self.get_meta("settings") is None
 
     # ------------------------------------------------------------------------------------- meta
-    def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return default if row is None else json.loads(row[0])
-
-    def _set_meta(self, key: str, value: Any) -> None:
-        self.db.execute(
-            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [key, json.dumps(value)],
-        )
-
     @property
     def uri(self) -> str | None:
         """The Milvus URI recorded at creation (None: the Lite file inside the store folder)."""
@@ -224,7 +202,7 @@ class MilvusCatalogue:
     def add_working_collection(self, name: str, *, bits: int, latent_dim: int) -> CollectionRecord:
         """Record a new collection as the working one, before it is made in Milvus."""
         with self.transaction():
-            self.db.execute("INSERT INTO collections VALUES (?, ?, ?, ?)", [name, bits, latent_dim, _now()])
+            self.db.execute("INSERT INTO collections VALUES (?, ?, ?, ?)", [name, bits, latent_dim, utc_now()])
             self._set_meta("working_collection", name)
         return CollectionRecord(name, bits, latent_dim)
 
@@ -235,72 +213,7 @@ class MilvusCatalogue:
         with self.transaction():
             self.db.execute("DELETE FROM collections WHERE name = ?", [name])
 
-    # ----------------------------------------------------------------------------------- models
-    def add_models(self, *, hashing: dict[str, Any], latent: dict[str, Any]) -> ModelPair:
-        """Record a hashing and a latent model in one transaction (consecutive ids, hashing first)."""
-        with self.transaction():
-            ids = [self._insert_model(role, record) for role, record in (("hashing", hashing), ("latent", latent))]
-        return ModelPair(*(self.model(i) for i in ids))
-
-    def _insert_model(self, role: str, record: dict[str, Any]) -> int:
-        if set(record) - {"dir", "kind", "info"} or not {"dir", "kind"} <= set(record):
-            raise StoreError(f"a {role} model record needs dir, kind and optionally info; got {sorted(record)}")
-        cursor = self.db.execute(
-            "INSERT INTO models (role, dir, kind, created_at, info_json) VALUES (?, ?, ?, ?, ?)",
-            (role, str(record["dir"]), str(record["kind"]), _now(), json.dumps(record.get("info") or {})),
-        )
-        return cursor.lastrowid
-
-    def model(self, model_id: int) -> ModelRecord:
-        row = self.db.execute(
-            "SELECT id, role, dir, kind, created_at, info_json FROM models WHERE id = ?", [model_id]
-        ).fetchone()
-        if row is None:
-            raise StoreError(f"no model with id {model_id} in the catalogue")
-        *fields, info_json = row
-        return ModelRecord(*fields, info=json.loads(info_json))
-
-    def latest_models(self) -> ModelPair | None:
-        """The newest pair recorded together (a hashing model and the latent model right after it)."""
-        row = self.db.execute(
-            "SELECT h.id, l.id FROM models h JOIN models l ON l.id = h.id + 1 AND l.role = 'latent'"
-            " WHERE h.role = 'hashing' ORDER BY h.id DESC LIMIT 1"
-        ).fetchone()
-        return None if row is None else ModelPair(self.model(row[0]), self.model(row[1]))
-
-    def models_of(self, generation: Generation) -> ModelPair | None:
-        if generation.hashing_model is None or generation.latent_model is None:
-            return None
-        return ModelPair(self.model(generation.hashing_model), self.model(generation.latent_model))
-
-    def model_dirs(self) -> set[str]:
-        return {row[0] for row in self.db.execute("SELECT dir FROM models")}
-
-    # ---------------------------------------------------------------------------------- skipped
-    def record_skipped(self, entries: Iterable[tuple[str, str, int | None, int | None]]) -> None:
-        now = _now()
-        rows = [(text_to_db(path), text_to_db(reason), size, mtime, now) for path, reason, size, mtime in entries]
-        with self.transaction():
-            self.db.executemany(
-                "INSERT INTO skipped VALUES (?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET"
-                " reason = excluded.reason, size = excluded.size, mtime_ns = excluded.mtime_ns, seen_at = excluded.seen_at",
-                rows,
-            )
-
-    def clear_skipped(self, paths: Iterable[str]) -> None:
-        with self.transaction():
-            self.db.executemany("DELETE FROM skipped WHERE path = ?", [(text_to_db(p),) for p in paths])
-
-    def skipped(self) -> list[SkippedFile]:
-        rows = self.db.execute("SELECT path, reason, size, mtime_ns, seen_at FROM skipped")
-        found = [SkippedFile(text_from_db(path), text_from_db(reason), *rest) for path, reason, *rest in rows]
-        return sorted(found, key=lambda skipped: skipped.path)
-
     # ------------------------------------------------------------------------------ generations
-    def last_generation(self) -> int:
-        """The newest committed generation; 0 while nothing is committed."""
-        return self.db.execute("SELECT coalesce(max(gen), 0) FROM generations").fetchone()[0]
-
     def generation(self, gen: int) -> Generation | None:
         row = self.db.execute(
             "SELECT gen, created_at, n_items, collection, hashing_model, latent_model, settings_json"
@@ -311,20 +224,15 @@ class MilvusCatalogue:
         *fields, settings_json = row
         return Generation(*fields, settings=_settings(json.loads(settings_json), where=f"generation {gen} of {self.path}"))
 
-    def count_generations(self) -> int:
-        return self.db.execute("SELECT count(*) FROM generations").fetchone()[0]
-
     def commit_generation(
         self, *, gen: int, n_items: int, collection: str, models: ModelPair, settings: StoreSettings
     ) -> None:
         """Insert the generations row: THE commit point of generation gen (must follow the last one)."""
         with self.transaction():
-            last = self.last_generation()
-            if gen != last + 1:
-                raise StoreError(f"cannot commit generation {gen}: the last committed one is {last}")
+            self._check_next_generation(gen)
             self.db.execute(
                 "INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (gen, _now(), n_items, collection, models.hashing.id, models.latent.id,
+                (gen, utc_now(), n_items, collection, models.hashing.id, models.latent.id,
                  json.dumps(settings.to_dict(), sort_keys=True)),
             )
 
@@ -335,6 +243,3 @@ def _settings(document: dict[str, Any], *, where: str) -> StoreSettings:
     except (ConfigError, TypeError) as err:
         raise StoreError(f"the store settings in {where} are not valid ({err}); index into a new store") from None
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -9,31 +9,23 @@ one). With BIN_FLAT searches equal brute force, ties by id (exact.py); BIN_IVF_F
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hashae.codes import check_codes
-from hashae.index.backends.base import (
-    ItemInfo,
-    ModelPair,
-    ModelRecord,
-    Results,
-    SearchArgumentError,
-    UnknownItemError,
-)
+from hashae.index.backends.base import ItemInfo, Results, SearchArgumentError, UnknownItemError
+from hashae.index.backends.common import GenerationView, as_ids, check_int
 from hashae.index.backends.milvus.catalogue import Generation
 from hashae.index.backends.milvus.collection import HAMMING, NOT_REMOVED, SQUARED_L2, ItemsCollection, visible_at
 from hashae.index.backends.milvus.exact import Searcher
 from hashae.index.backends.milvus.names import text_from_db
-from hashae.index.settings import StoreSettings
 
 if TYPE_CHECKING:
     from hashae.index.backends.milvus.store import MilvusStore
 
 
-class MilvusSnapshot:
+class MilvusSnapshot(GenerationView):
     """Searches and lookups of one committed generation of a Milvus store."""
 
     def __init__(self, store: MilvusStore, generation: Generation, collection: ItemsCollection):
@@ -44,30 +36,8 @@ class MilvusSnapshot:
         self._searcher = Searcher(collection, where=self.where, n_visible=generation.n_items, id_end=store.catalogue.next_id())
 
     @property
-    def gen(self) -> int:
-        return self.generation.gen
-
-    @property
-    def committed_at(self) -> str:
-        return self.generation.created_at
-
-    @property
-    def settings(self) -> StoreSettings:
-        return self.generation.settings
-
-    @property
     def n_items(self) -> int:
         return self.generation.n_items
-
-    def is_stale(self) -> bool:
-        """True once a newer generation is committed (take a new store.snapshot() to see it)."""
-        return self.store.catalogue.last_generation() != self.gen
-
-    def models(self) -> ModelPair | None:
-        return self.store.catalogue.models_of(self.generation)
-
-    def model_dir(self, model: ModelRecord) -> Path:
-        return self.store.model_dir(model)
 
     # ------------------------------------------------------------------------- rows by id
     def items(self, ids: Iterable[int]) -> dict[int, ItemInfo]:
@@ -92,7 +62,7 @@ class MilvusSnapshot:
         return np.array(values, dtype=np.float32).reshape(len(values), self.settings.latent_dim)
 
     def _vectors_of(self, ids: np.ndarray, field: str) -> list:
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         rows = self.collection.rows_by_ids(ids.tolist(), where=self.where, fields=["id", field])
         by_id = {int(row["id"]): _vector(row[field]) for row in rows}
         missing = [int(i) for i in ids if int(i) not in by_id]
@@ -103,19 +73,19 @@ class MilvusSnapshot:
     # ----------------------------------------------------------------------------- searches
     def search_hamming(self, codes: np.ndarray, *, k: int) -> Results:
         """Hamming k-NN of packed uint8 codes (nq, bits/8); distances in bits, ties by id."""
-        _check_int("k", k, minimum=1)
+        check_int("k", k, minimum=1)
         codes = check_codes(codes, nbits=self.settings.bits)
         return self._searcher.knn(codes, metric=HAMMING, k=int(k))
 
     def range_hamming(self, codes: np.ndarray, *, radius: int) -> Results:
         """Every item within Hamming distance <= radius of each code, sorted by (distance, id)."""
-        _check_int("radius", radius, minimum=0)
+        check_int("radius", radius, minimum=0)
         codes = check_codes(codes, nbits=self.settings.bits)
         return self._searcher.within(codes, metric=HAMMING, radius=int(radius))
 
     def search_latent(self, latents: np.ndarray, *, k: int) -> Results:
         """k-NN of float32 latents (nq, latent_dim) by squared L2, ties by id."""
-        _check_int("k", k, minimum=1)
+        check_int("k", k, minimum=1)
         latents = np.asarray(latents)
         if latents.dtype != np.float32 or latents.ndim != 2 or latents.shape[1] != self.settings.latent_dim:
             raise SearchArgumentError(
@@ -148,15 +118,3 @@ def _vector(value):
         return value[0]
     return value
 
-
-def _check_int(name: str, value: int, *, minimum: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        wanted = "a positive integer" if minimum == 1 else "a non-negative integer"
-        raise SearchArgumentError(f"{name} must be {wanted}, got {value!r}")
-
-
-def _as_ids(ids: np.ndarray) -> np.ndarray:
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or (len(ids) and ids.dtype.kind not in "iu"):
-        raise SearchArgumentError(f"ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
-    return ids.astype(np.int64, copy=False)

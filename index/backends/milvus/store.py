@@ -10,21 +10,19 @@ without having recorded anything.
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from hashae.index.backends.lock import write_lock
-from hashae.index.backends.base import ModelPair, ModelRecord, SkippedFile, StoreError, verified_model_dir
+from hashae.index.backends.base import StoreError
+from hashae.index.backends.common import MODELS_DIR, StoreCommon, make_folders, remove_empty_folder
 from hashae.index.backends.milvus.catalogue import CollectionRecord, Generation, MilvusCatalogue
 from hashae.index.backends.milvus.collection import HAMMING_INDEXES, ItemsCollection, search_params_of
 from hashae.index.backends.milvus.connection import LITE_LOG_DIR, MilvusConnection, is_lite_uri, lite_lock_file
 from hashae.index.backends.milvus.snapshot import MilvusSnapshot
-from hashae.index.backends.milvus.writer import MODELS_DIR, MilvusWriteTransaction
-from hashae.index.settings import StoreSettings
+from hashae.index.backends.milvus.writer import MilvusWriteTransaction
 
 CATALOGUE_FILE = "milvus-catalogue.db"
 LITE_FILE = "milvus.db"  # the Milvus Lite file of a store made without a URI
@@ -37,8 +35,13 @@ def is_milvus_store(path: str | Path) -> bool:
     return (Path(path) / CATALOGUE_FILE).is_file()
 
 
-class MilvusStore:
-    """A store folder whose items live in Milvus. Open it with MilvusStore.open."""
+class MilvusStore(StoreCommon):
+    """A store folder whose items live in Milvus. Open it with MilvusStore.open.
+
+    Models, skipped files and info() are answered as every backend does (StoreCommon, common.py).
+    """
+
+    STORE_NAME = "hashae Milvus store"
 
     def __init__(self, root: Path, *, create: bool, uri: str | None, token: str | None, hamming_index: dict[str, Any]):
         self.root = root
@@ -76,7 +79,7 @@ class MilvusStore:
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root} is not a folder; give --store a folder for the store")
         if not create and not is_milvus_store(root):
-            raise StoreError(f"no hashae Milvus store at {root} — run `hashae index FOLDER` first")
+            raise StoreError(f"no {cls.STORE_NAME} at {root} — run `hashae index FOLDER` first")
         if hamming_index not in HAMMING_INDEXES:
             raise StoreError(f"unknown Hamming index {hamming_index!r}; known: {', '.join(HAMMING_INDEXES)}")
         if uri is not None and is_lite_uri(uri):
@@ -93,29 +96,13 @@ class MilvusStore:
         return store
 
     def close(self) -> None:
-        if self._catalogue is not None:
-            self._catalogue.close()
-            self._catalogue = None
+        """Close the catalogue's connection and Milvus's (the next use opens them again)."""
+        super().close()
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
-    def __enter__(self) -> MilvusStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # ------------------------------------------------------------------------------ what it holds
-    @property
-    def catalogue(self) -> MilvusCatalogue:
-        """The catalogue, through a read-only connection (StoreError while no store exists)."""
-        if self._catalogue is None:
-            if not self.exists():
-                raise StoreError(f"no hashae Milvus store at {self.root} — run `hashae index FOLDER` first")
-            self._catalogue = MilvusCatalogue(self.root / CATALOGUE_FILE)
-        return self._catalogue
-
     def exists(self) -> bool:
         return is_milvus_store(self.root)
 
@@ -129,22 +116,9 @@ class MilvusStore:
     def models_dir(self) -> Path:
         return self.root / MODELS_DIR
 
-    def model_dir(self, model: ModelRecord) -> Path:
-        """The checkpoint folder of a model record, its files checked against the recorded digests."""
-        return verified_model_dir(self.root, model)
-
-    def settings(self) -> StoreSettings | None:
-        return self.catalogue.settings() if self.exists() else None
-
-    def latest_models(self) -> ModelPair | None:
-        return self.catalogue.latest_models() if self.exists() else None
-
     def backend_fields(self) -> dict[str, str | None]:
         """A Milvus store's vectors live at its URI (a Lite file or a server)."""
         return {"backend": "milvus", "backend_uri": self.catalogue.uri if self.exists() else self._uri}
-
-    def skipped(self) -> list[SkippedFile]:
-        return self.catalogue.skipped() if self.exists() else []
 
     # ------------------------------------------------------------------------------- Milvus
     @property
@@ -171,8 +145,8 @@ class MilvusStore:
         writer holds it. Leaving without commit() keeps the pending rows: the next writer commits
         them. A store this writer made and left holding nothing is taken back."""
         if not self.create and not self.exists():
-            raise StoreError(f"no hashae Milvus store at {self.root} — run `hashae index FOLDER` first")
-        made = _make_folders(self.root, self.models_dir)
+            raise StoreError(self._missing_message())
+        made = make_folders(self.root, self.models_dir)
         blank = False
         try:
             with write_lock(self.root / LOCK_FILE, store=self.root):
@@ -188,50 +162,29 @@ class MilvusStore:
         finally:
             if blank:
                 for folder in reversed(made):
-                    _remove_empty_folder(folder)
+                    remove_empty_folder(folder)
 
     def snapshot(self) -> MilvusSnapshot:
         """A read-only view of the newest committed generation (takes no lock)."""
         generation = self._last_generation_or_fail()
         return MilvusSnapshot(self, generation, self.collection_named(generation.collection))
 
-    def info(self) -> dict[str, Any]:
-        """What `hashae info --json` prints, as the local store does, plus where the items live."""
-        if not self.exists():
-            return _empty_info(self.root)
-        catalogue = self.catalogue
-        gen = catalogue.last_generation()
-        generation = catalogue.generation(gen)
-        settings = generation.settings if generation else catalogue.settings()
-        skipped = catalogue.skipped()
-        models = catalogue.models_of(generation) if generation else None
+    def _info_items(self, gen: int, generation: Generation | None) -> int:
+        return generation.n_items if generation else 0
+
+    def _info_backend(self, generation: Generation | None) -> dict[str, Any]:
+        """Where the items live."""
         return {
-            **_empty_info(self.root),
-            "empty": generation is None,
-            "generation": gen,
-            "committed_at": generation.created_at if generation else None,
-            "items": generation.n_items if generation else 0,
-            "pending": self._pending(gen + 1),
-            "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
-            "skipped_by_reason": dict(Counter(s.reason for s in skipped)),
-            "bits": settings.bits if settings else None,
-            "latent_dim": settings.latent_dim if settings else None,
-            "settings": settings.to_dict() if settings else None,
-            "generations": catalogue.count_generations(),
-            "models": {
-                "hashing": asdict(models.hashing) if models else None,
-                "latent": asdict(models.latent) if models else None,
-            },
             "backend": {
                 "name": "milvus",
                 "uri": self.uri,
                 "collection": generation.collection if generation else None,
-                "hamming_index": catalogue.hamming_index["type"],
+                "hamming_index": self.catalogue.hamming_index["type"],
             },
         }
 
     # ------------------------------------------------------------------------------- internals
-    def _pending(self, gen: int) -> dict[str, int]:
+    def _info_pending(self, gen: int) -> dict[str, int]:
         working = self.catalogue.working_collection()
         if working is None:
             return {"added": 0, "removed": 0}
@@ -240,18 +193,15 @@ class MilvusStore:
             return {"added": 0, "removed": 0}
         return {"added": collection.count(f"added_gen == {gen}"), "removed": collection.count(f"removed_gen == {gen}")}
 
+    def _open_catalogue(self) -> MilvusCatalogue:
+        return MilvusCatalogue(self.root / CATALOGUE_FILE)
+
     def _writable_catalogue(self) -> MilvusCatalogue:
         """The writer's own connection; the catalogue is made here (under the lock) when missing."""
         path = self.root / CATALOGUE_FILE
         if not path.exists():
             return MilvusCatalogue.create(path, uri=self._uri, hamming_index=self._hamming_index)
         return MilvusCatalogue(path, writable=True)
-
-    def _last_generation_or_fail(self) -> Generation:
-        generation = self.catalogue.generation(self.catalogue.last_generation())
-        if generation is None:
-            raise StoreError(f"the store at {self.root} is empty (no committed index yet) — run `hashae index FOLDER`")
-        return generation
 
     def _remove_blank_store(self, collections: list[str]) -> None:
         """Take back the files (and collections) of a store that holds nothing (the lock is still held)."""
@@ -270,38 +220,6 @@ class MilvusStore:
             (self.root / LITE_FILE).unlink(missing_ok=True)
             (self.root / lite_lock_file(self.root / LITE_FILE).name).unlink(missing_ok=True)
             shutil.rmtree(self.root / LITE_LOG_DIR, ignore_errors=True)
-        _remove_empty_folder(self.models_dir)
+        remove_empty_folder(self.models_dir)
         (self.root / LOCK_FILE).unlink(missing_ok=True)
 
-
-def _make_folders(root: Path, models_dir: Path) -> list[Path]:
-    """Create the store folder (and parents) and models/ where missing; returns those made, outermost first."""
-    missing = [folder for folder in (*reversed(root.parents), root, models_dir) if not folder.exists()]
-    for folder in missing:
-        folder.mkdir(exist_ok=True)
-    return missing
-
-
-def _remove_empty_folder(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
-
-
-def _empty_info(root: Path) -> dict[str, Any]:
-    return {
-        "store": str(root),
-        "empty": True,
-        "generation": 0,
-        "committed_at": None,
-        "items": 0,
-        "pending": {"added": 0, "removed": 0},
-        "skipped": [],
-        "skipped_by_reason": {},
-        "bits": None,
-        "latent_dim": None,
-        "settings": None,
-        "generations": 0,
-        "models": {"hashing": None, "latent": None},
-    }

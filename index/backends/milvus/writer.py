@@ -14,17 +14,17 @@ makes. See the package docstring for exactly what a kill can and cannot lose.
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hashae.codes import check_codes
-from hashae.index.backends.base import LiveItem, ModelPair, NewItem, StoreError, with_checkpoint_digests
+from hashae.index.backends.base import LiveItem, ModelPair, NewItem, StoreError
+from hashae.index.backends.catalogue_tables import utc_now
+from hashae.index.backends.common import WriterCommon
 from hashae.index.backends.milvus.catalogue import CollectionRecord, MilvusCatalogue
 from hashae.index.backends.milvus.collection import (
     LIVE,
@@ -40,12 +40,14 @@ from hashae.index.settings import StoreSettings
 if TYPE_CHECKING:
     from hashae.index.backends.milvus.store import MilvusStore
 
-MODELS_DIR = "models"
 COLLECTION_PREFIX = "hashae_"
 
 
-class MilvusWriteTransaction:
-    """Changes towards the next generation (self.gen), made under the store's write lock."""
+class MilvusWriteTransaction(WriterCommon):
+    """Changes towards the next generation (self.gen), made under the store's write lock.
+
+    Skipped files and model records: WriterCommon (common.py).
+    """
 
     def __init__(self, store: MilvusStore, catalogue: MilvusCatalogue):
         self.store = store
@@ -87,7 +89,7 @@ class MilvusWriteTransaction:
             return np.empty(0, dtype=np.int64)
         first = self.catalogue.reserve_ids(len(rows))
         ids = np.arange(first, first + len(rows), dtype=np.int64)
-        now = _now()
+        now = utc_now()
         self.collection.insert([
             {"id": int(item_id), "code": code.tobytes(), "latent": latent, "path": text_to_db(row.path),
              "label": text_to_db(row.label), "size": int(row.size), "mtime_ns": int(row.mtime_ns),
@@ -129,12 +131,6 @@ class MilvusWriteTransaction:
         removed = sum(c.count(f"removed_gen == {self.gen}") for c in collections)
         return added, removed
 
-    def record_skipped(self, entries: Iterable[tuple[str, str, int | None, int | None]]) -> None:
-        self.catalogue.record_skipped(entries)
-
-    def clear_skipped(self, paths: Iterable[str]) -> None:
-        self.catalogue.clear_skipped(paths)
-
     # ------------------------------------------------------------------------ settings, models
     def set_settings(self, settings: StoreSettings) -> None:
         """The settings the next commit freezes. New vector sizes get a new collection: the rows of
@@ -155,15 +151,6 @@ class MilvusWriteTransaction:
             self._at("collection_made")
         self.catalogue.set_settings(settings)
 
-    def add_models(self, *, hashing: dict[str, Any], latent: dict[str, Any]) -> ModelPair:
-        """Record a new pair of checkpoint folders in one transaction; returns their records.
-
-        Each is {"dir": folder inside the store (absolute, or relative to it), "kind", "info"}."""
-        records = {role: {**record, "dir": self._relative_model_dir(record.get("dir"))}
-                   for role, record in (("hashing", hashing), ("latent", latent))}
-        records = {role: with_checkpoint_digests(record, self.store.root) for role, record in records.items()}
-        return self.catalogue.add_models(**records)
-
     # ---------------------------------------------------------------------------------- commit
     def commit(self, *, models: ModelPair) -> int:
         """Publish generation self.gen, made with `models`; returns its number."""
@@ -182,9 +169,6 @@ class MilvusWriteTransaction:
         self._at("purged")
         committed, self.gen = self.gen, self.gen + 1
         return committed
-
-    def _at(self, step: str) -> None:
-        """A named point of the writer; does nothing. Crash tests override it to kill the process."""
 
     # ------------------------------------------------------------------------------- internals
     def _working_settings(self) -> StoreSettings:
@@ -245,36 +229,6 @@ class MilvusWriteTransaction:
                     collection.drop()
                 self.catalogue.forget_collection(record.name)
 
-    def _relative_model_dir(self, folder: str | Path | None) -> str:
-        if folder is None:
-            raise StoreError("a model record needs its checkpoint folder (dir)")
-        folder = Path(folder)
-        if folder.is_absolute():
-            try:
-                folder = folder.relative_to(self.store.root.absolute())
-            except ValueError:
-                raise StoreError(f"model folder {folder} is outside the store {self.store.root}") from None
-        return folder.as_posix()
-
-    def _check_models(self, models: ModelPair) -> None:
-        if not isinstance(models, ModelPair):
-            raise TypeError(f"commit takes models=ModelPair, got {type(models).__name__}")
-        for role, record in (("hashing", models.hashing), ("latent", models.latent)):
-            if self.catalogue.model(record.id).role != role:
-                raise StoreError(f"model {record.id} is not a {role} model")
-
-    def _remove_unrecorded_model_folders(self) -> None:
-        """Delete folders under models/ that no model row names: under the write lock they are the
-        leftovers of a writer killed between saving a checkpoint and recording it."""
-        models_dir = self.store.models_dir
-        if not models_dir.is_dir():
-            return
-        parts = [Path(folder).parts for folder in self.catalogue.model_dirs()]
-        recorded = {p[1] for p in parts if len(p) > 1 and p[0] == MODELS_DIR}
-        for path in models_dir.iterdir():
-            if path.is_dir() and not path.is_symlink() and path.name not in recorded:
-                shutil.rmtree(path, ignore_errors=True)
-
 
 def _as_row(row: dict[str, Any]) -> dict[str, Any]:
     """A row read back from Milvus, in the form insert/upsert take."""
@@ -292,6 +246,3 @@ def _check_latents(latents: np.ndarray, *, dim: int) -> np.ndarray:
         raise StoreError("latents contain NaN or infinite values")
     return np.ascontiguousarray(latents)
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
