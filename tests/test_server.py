@@ -163,6 +163,15 @@ def test_duplicates_limit_keeps_the_first_groups(client):
     assert first["grouped_items"] == everything["grouped_items"]  # the whole answer's count, not the page's
 
 
+def test_duplicates_members_keeps_the_anchor_and_the_nearest(client):
+    (whole,) = client.get("/api/duplicates", params={"radius": 32, "codes_only": "true", "members": 1000}).json()["groups"]
+    assert whole["size"] == len(whole["members"]) == 200  # the whole code length: one group of every item
+    (capped,) = client.get("/api/duplicates", params={"radius": 32, "codes_only": "true", "members": 5}).json()["groups"]
+    assert capped["size"] == 200 and capped["members"] == whole["members"][:5]
+    assert capped["members"][0]["id"] == capped["anchor"]
+    assert len(client.get("/api/duplicates", params={"radius": 32, "codes_only": "true"}).json()["groups"][0]["members"]) == 50  # the default
+
+
 def test_duplicate_documents_are_kept_per_generation_and_threshold(store):
     _, store_dir = store
     with open_store(store_dir) as opened:
@@ -187,6 +196,7 @@ def test_duplicate_documents_are_kept_per_generation_and_threshold(store):
         ({"codes_only": "true", "latent_max": 0.1}, "either codes_only or latent_max"),
         ({"limit": 0}, "limit"),
         ({"limit": 100000}, "limit"),
+        ({"members": 0}, "members"),
     ],
 )
 def test_bad_duplicates_parameters_get_400(client, params, words):

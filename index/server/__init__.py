@@ -8,14 +8,15 @@
     GET  /api/query?id=&k=&mode=&radius=&ties=   neighbours of an indexed item
     POST /api/query?k=&mode=&radius=&ties=       neighbours of an uploaded image (multipart field
                                           `image`, or the raw bytes as the body)
-    GET  /api/duplicates?radius=&latent_max=&codes_only=&limit=   the near-duplicate groups (the
+    GET  /api/duplicates?radius=&latent_max=&codes_only=&limit=&members=   near-duplicate groups (the
                                           page's near-duplicates view)
     GET  /openapi.json                    the API description
 
 Query answers are one `hashae query --json` line plus `generation` and each result's `code` bits.
 A radius query without k returns at most 1,000 items (the CLI returns every one).
 Near-duplicate answers are `hashae duplicates --json`'s document plus each member's `label` and
-`total_groups` (`groups` holds the first `limit`), computed once per generation and threshold.
+`total_groups` (`groups` holds the first `limit`, each with its anchor and nearest members up to
+`members`; `size` counts them all), computed once per generation and threshold.
 Errors are JSON {"detail": "one line saying why"} with a 4xx status; an unknown id is a 404.
 
 Files, one job each: app.py puts the app together; routes.py the endpoints; engines.py the

@@ -23,6 +23,8 @@ MAX_K = 1000
 MAX_SAMPLE = 200
 DEFAULT_GROUPS = 100
 MAX_GROUPS = 1000
+DEFAULT_MEMBERS = 50  # per group: a loose threshold can put thousands of items in one group
+MAX_MEMBERS = 1000
 TIES_HELP = "Order within equal Hamming distance: latent (by VAE-mean distance, the default) or id."
 
 
@@ -144,7 +146,8 @@ def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> 
             "Hamming distance <= radius, confirmed by a squared distance between VAE means <= latent_max unless "
             "codes_only. The answer is `hashae duplicates --json`'s document (threshold, generation, items, "
             "grouped_items, groups with each member's id, path, hamming, latent, exact) with each member's label, "
-            "the first `limit` groups, and total_groups. Computed once per generation and threshold."
+            "the first `limit` groups (total_groups says how many there are) and of each the anchor and its nearest "
+            "members up to `members` (size says how many it has). Computed once per generation and threshold."
         ),
     )
     def duplicates(
@@ -152,6 +155,7 @@ def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> 
         latent_max: float | None = Query(None, ge=0, description=f"Also require a squared distance between VAE means at most this (default {DEFAULT_LATENT_MAX:g}, calibrated with the radius)."),
         codes_only: bool = Query(False, description="Group by Hamming distance alone, without the latent check (looser: look-alikes join)."),
         limit: int = Query(DEFAULT_GROUPS, ge=1, le=MAX_GROUPS, description="At most this many groups, earliest anchor first."),
+        members: int = Query(DEFAULT_MEMBERS, ge=1, le=MAX_MEMBERS, description="At most this many members of a group: its anchor, then the nearest."),
     ) -> dict[str, Any]:
         if codes_only and latent_max is not None:
             raise HTTPException(status_code=400, detail="give either codes_only or latent_max, not both")
@@ -165,7 +169,7 @@ def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> 
                 raise HTTPException(status_code=400, detail=one_line(error)) from None
             document = served.duplicates(threshold)
             groups = [
-                {**group, "members": [{**member, "label": served.label_of(member["id"])} for member in group["members"]]}
+                {**group, "members": [{**member, "label": served.label_of(member["id"])} for member in group["members"][:members]]}
                 for group in document["groups"][:limit]
             ]
             return {**document, "groups": groups, "total_groups": len(document["groups"])}
