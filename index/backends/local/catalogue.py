@@ -437,4 +437,3 @@ def _check_latent_rows(latents: np.ndarray) -> np.ndarray:
         got = f"{latents.dtype} {latents.shape}"
         raise StoreError(f"latents must be a 2-D float32 array, got {got}")
     return latents
-

@@ -185,4 +185,3 @@ class LocalStore(StoreCommon):
                 self.catalogue, generation.gen, generation.settings, hnsw_threshold=self.hnsw_threshold
             )
             return hamming, latent, str(why)
-

@@ -150,4 +150,3 @@ class LocalWriteTransaction(WriterCommon):
             if generation is not None:
                 keep |= {generation.hamming_file, generation.latent_file}
         remove_other_index_files(self.layout.indexes_dir, keep=keep)
-

@@ -242,4 +242,3 @@ def _settings(document: dict[str, Any], *, where: str) -> StoreSettings:
         return StoreSettings.from_dict(document)
     except (ConfigError, TypeError) as err:
         raise StoreError(f"the store settings in {where} are not valid ({err}); index into a new store") from None
-

@@ -117,4 +117,3 @@ def _vector(value):
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], bytes):
         return value[0]
     return value
-

@@ -222,4 +222,3 @@ class MilvusStore(StoreCommon):
             shutil.rmtree(self.root / LITE_LOG_DIR, ignore_errors=True)
         remove_empty_folder(self.models_dir)
         (self.root / LOCK_FILE).unlink(missing_ok=True)
-

@@ -245,4 +245,3 @@ def _check_latents(latents: np.ndarray, *, dim: int) -> np.ndarray:
     if not np.isfinite(latents).all():
         raise StoreError("latents contain NaN or infinite values")
     return np.ascontiguousarray(latents)
-
