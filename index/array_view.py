@@ -17,7 +17,7 @@ import numpy as np
 
 from hashae.codes import check_codes
 from hashae.errors import HashaeError
-from hashae.index.backends.base import Hit, ItemInfo, ModelPair, ModelRecord, Results, UnknownItemError
+from hashae.index.backends.base import ItemInfo, ModelPair, ModelRecord, Neighbours, Results, UnknownItemError
 from hashae.index.backends.exact_hamming import HammingIndex
 from hashae.index.settings import StoreSettings
 
@@ -102,22 +102,22 @@ class ArrayView:
         codes = check_codes(codes, nbits=self._settings.bits)
         k = min(k, self.n_items)
         if k == 0:
-            return [[] for _ in codes]
+            return [Neighbours([], np.empty(0, np.int64)) for _ in codes]
         distances, ids = self._hamming.search(codes, k=k)
-        return [_hits(d_row, i_row) for d_row, i_row in zip(distances, ids)]
+        return [Neighbours(i_row, d_row.astype(np.int64)) for d_row, i_row in zip(distances, ids)]
 
     def range_hamming(self, codes: np.ndarray, *, radius: int) -> Results:
         codes = check_codes(codes, nbits=self._settings.bits)
         if not self.n_items:
-            return [[] for _ in codes]
-        return [_hits(distances, ids) for distances, ids in self._hamming.range_search(codes, radius=int(radius))]
+            return [Neighbours([], np.empty(0, np.int64)) for _ in codes]
+        return [Neighbours(ids, distances.astype(np.int64)) for distances, ids in self._hamming.range_search(codes, radius=int(radius))]
 
     def search_latent(self, latents: np.ndarray, *, k: int) -> Results:
         latents = np.ascontiguousarray(latents, dtype=np.float32)
         results = []
         for query in latents:
             distances = ((self._latents - query) ** 2).sum(axis=1, dtype=np.float32)
-            results.append(_smallest(distances, self._ids, k, as_type=float))
+            results.append(_smallest(distances, self._ids, k))
         return results
 
     def codes_of(self, ids: np.ndarray) -> np.ndarray:
@@ -136,11 +136,7 @@ class ArrayView:
         return np.where(known, rows, -1)
 
 
-def _hits(distances: np.ndarray, ids: np.ndarray) -> list[Hit]:
-    return [Hit(i, d) for i, d in zip(ids.tolist(), distances.tolist())]
-
-
-def _smallest(distances: np.ndarray, ids: np.ndarray, k: int, *, as_type: type) -> list[Hit]:
+def _smallest(distances: np.ndarray, ids: np.ndarray, k: int) -> Neighbours:
     """The k smallest distances by (distance, id): everything tied with the k-th is considered."""
     if k < len(distances):
         kth = np.partition(distances, k - 1)[k - 1]
@@ -148,4 +144,4 @@ def _smallest(distances: np.ndarray, ids: np.ndarray, k: int, *, as_type: type) 
     else:
         rows = np.arange(len(distances))
     rows = rows[np.lexsort((ids[rows], distances[rows]))][:k]
-    return [Hit(int(i), as_type(d)) for i, d in zip(ids[rows].tolist(), distances[rows].tolist())]
+    return Neighbours(ids[rows], distances[rows])

@@ -199,9 +199,8 @@ class _Walk:
         if not missing:
             return
         codes = np.frombuffer(b"".join(missing), np.uint8).reshape(len(missing), -1)
-        for key, hits in zip(missing, self.view.range_hamming(codes, radius=self.threshold.radius)):
-            hit_ids = np.array([hit.id for hit in hits], np.int64)
-            self.balls[key] = (np.searchsorted(self.ids, hit_ids), np.array([hit.distance for hit in hits], np.int64))
+        for key, ball in zip(missing, self.view.range_hamming(codes, radius=self.threshold.radius)):
+            self.balls[key] = (np.searchsorted(self.ids, ball.ids), ball.distances.astype(np.int64))
 
     def _group_of(self, anchor: int, positions: np.ndarray, hamming: np.ndarray) -> DuplicateGroup:
         """The anchor's unit and every free unit within the threshold (of the anchor's ball:

@@ -8,6 +8,7 @@ import pytest
 
 from hashae.index import search as search_module
 from hashae.index.array_view import ArrayView
+from hashae.index.backends.base import Hit, Neighbours
 from hashae.index.search import QueryError, search, with_metadata
 
 N, BITS, DIM = 400, 16, 8
@@ -217,3 +218,16 @@ def test_unmatched_query_arrays(arrays, view):
         search(view, codes=q_codes, latents=q_latents[:1])
     with pytest.raises(QueryError, match="itself"):
         search(view, codes=q_codes, latents=q_latents, itself=[None])
+
+
+def test_neighbours_are_columns_read_as_hits():
+    """A backend answer: numpy columns for the search module, Hit objects (int or float distances)
+    for whoever reads it as a sequence; slices stay columns."""
+    hamming = Neighbours(np.array([4, 2, 9]), np.array([0, 1, 1], np.int64))
+    assert list(hamming) == [Hit(4, 0), Hit(2, 1), Hit(9, 1)] and hamming == [Hit(4, 0), Hit(2, 1), Hit(9, 1)]
+    assert type(hamming[0].distance) is int and len(hamming) == 3 and hamming[-1] == Hit(9, 1)
+    assert isinstance(hamming[1:], Neighbours) and hamming[1:] == Neighbours([2, 9], [1, 1]) and hamming[1:] != hamming
+    latent = Neighbours.of_pairs([(0.5, 7), (1.25, 3)], dtype=np.float32)
+    assert type(latent[0].distance) is float and list(latent) == [Hit(7, 0.5), Hit(3, 1.25)]
+    with pytest.raises(ValueError, match="2 ids but 1 distances"):
+        Neighbours([1, 2], [0])

@@ -6,7 +6,8 @@ hashae.index.backends.open_store and talk to these Protocols.
     StoreBackend      settings, live items, models, info; writer() and snapshot()
     WriteTransaction  changes towards the next generation, published by commit()
     ReadView          one committed generation: Hamming k-NN and range, latent k-NN, vectors and
-                      metadata by id. Searches return Results: one list of Hit per query, sorted by
+                      metadata by id. Searches return Results: one Neighbours (ids and distances as
+                      columns, a sequence of Hit when read as one) per query, sorted by
                       (distance, id), no padding. Exact backends equal brute force, ties by id.
 """
 
@@ -143,7 +144,53 @@ class Hit:
         return asdict(self)
 
 
-Results = list[list[Hit]]  # one list per query, best first, sorted by (distance, id), no padding
+class Neighbours(Sequence[Hit]):
+    """One query's answer from a ReadView search, as columns: ids int64 (n,) and distances (n,),
+    best first, sorted by (distance, id), no padding. Distances are integers (Hamming bits) or
+    floats (squared L2), as the search measures them.
+
+    The search module works on the columns (a hybrid query's shortlist is 1,000 items or more);
+    read as a sequence it gives Hit objects, made on access, so callers that want objects get them.
+    """
+
+    __slots__ = ("ids", "distances")
+
+    def __init__(self, ids: np.ndarray | Sequence[int], distances: np.ndarray | Sequence[int | float]) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        self.distances = np.asarray(distances).reshape(-1)
+        if len(self.ids) != len(self.distances):
+            raise ValueError(f"{len(self.ids)} ids but {len(self.distances)} distances")
+
+    @classmethod
+    def of_pairs(cls, pairs: Sequence[tuple[int | float, int]], *, dtype: type) -> Neighbours:
+        """From (distance, id) pairs already in order; dtype: np.int64 or np.float32 distances."""
+        return cls([item for _, item in pairs], np.array([distance for distance, _ in pairs], dtype=dtype))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return Neighbours(self.ids[index], self.distances[index])
+        return Hit(int(self.ids[index]), self.distances[index].item())
+
+    def __iter__(self):
+        return map(Hit, self.ids.tolist(), self.distances.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Neighbours):
+            return np.array_equal(self.ids, other.ids) and np.array_equal(self.distances, other.distances)
+        if isinstance(other, list):
+            return list(self) == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Neighbours({list(self)!r})"
+
+
+Results = list[Neighbours]  # one answer per query
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ class _Bench:
 
         def answer_ids(k: int) -> np.ndarray:
             answers = search(view, codes=q_codes, latents=q_lat, mode="hybrid", k=min(k, len(db_codes)))
-            return np.array([[hit.id for hit in hits] for hits in answers], dtype=np.int64)  # (nq, k)
+            return np.stack([found.ids for found in answers])  # (nq, k) int64
 
         ap_at_depth, ap_all = self._average_precisions(answer_ids(metrics.MAP_DEPTH), q_codes, db_codes)
         row = {

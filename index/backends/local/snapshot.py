@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hashae.index.backends.base import Hit, ItemInfo, Results, UnknownItemError
+from hashae.index.backends.base import ItemInfo, Neighbours, Results, UnknownItemError
 from hashae.index.backends.common import GenerationView, as_ids, check_int
 from hashae.index.backends.local.catalogue import Generation
 from hashae.index.backends.local.hamming import HammingIndex, UnknownIdError
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 class LocalSnapshot(GenerationView):
     """Searches and lookups answered from one committed generation, whatever writers do meanwhile.
 
-    Every search returns Results: one list of Hit per query, best first, sorted by (distance, id),
+    Every search returns Results: one Neighbours per query, best first, sorted by (distance, id),
     without padding (a query may get fewer than k hits when the store holds fewer items).
     """
 
@@ -83,23 +83,24 @@ class LocalSnapshot(GenerationView):
         """Exact Hamming k-NN of packed uint8 codes (nq, bits/8); distances in bits."""
         check_int("k", k, minimum=1)
         distances, ids = self.hamming.search(codes, k=int(k), strategy=self.hamming_strategy)
-        return _hits_per_query(distances, ids, as_type=int)
+        return _per_query(distances, ids, dtype=np.int64)
 
     def range_hamming(self, codes: np.ndarray, *, radius: int) -> Results:
         """Every item within Hamming distance <= radius of each code, sorted by (distance, id)."""
         check_int("radius", radius, minimum=0)
         found = self.hamming.range_search(codes, radius=int(radius), strategy=self.hamming_strategy)
-        return [_hits(distances, ids, as_type=int) for distances, ids in found]
+        return [_neighbours(distances, ids, dtype=np.int64) for distances, ids in found]
 
     def search_latent(self, latents: np.ndarray, *, k: int) -> Results:
         """k-NN of float32 latents (nq, latent_dim) by squared L2 (exact unless the index is HNSW)."""
         check_int("k", k, minimum=1)
-        return _hits_per_query(*self.latent.search(latents, k=int(k)), as_type=float)
+        return _per_query(*self.latent.search(latents, k=int(k)), dtype=np.float32)
 
 
-def _hits(distances: np.ndarray, ids: np.ndarray, *, as_type: type) -> list[Hit]:
-    return [Hit(int(i), as_type(d)) for d, i in zip(distances.tolist(), ids.tolist()) if i >= 0]
+def _neighbours(distances: np.ndarray, ids: np.ndarray, *, dtype: type) -> Neighbours:
+    kept = ids >= 0  # k-NN rows are padded with -1 past the items there are
+    return Neighbours(ids[kept], distances[kept].astype(dtype))
 
 
-def _hits_per_query(distances: np.ndarray, ids: np.ndarray, *, as_type: type) -> Results:
-    return [_hits(d, i, as_type=as_type) for d, i in zip(distances, ids)]
+def _per_query(distances: np.ndarray, ids: np.ndarray, *, dtype: type) -> Results:
+    return [_neighbours(d, i, dtype=dtype) for d, i in zip(distances, ids)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashae.index.backends.base import Hit, Results, SearchArgumentError
+from hashae.index.backends.base import Neighbours, Results, SearchArgumentError
 from hashae.index.backends.milvus.collection import MAX_TOPK, ItemsCollection, Metric, id_window
 
 QUERY_BATCH = 64  # queries per Milvus call
@@ -39,20 +39,20 @@ class Searcher:
 
     # ------------------------------------------------------------------------------------ k-NN
     def knn(self, queries: np.ndarray, *, metric: Metric, k: int) -> Results:
-        """Per query, the k nearest (distance, id) as Hits, sorted by (distance, id)."""
+        """Per query, the k nearest, sorted by (distance, id)."""
         if self.n_visible == 0 or len(queries) == 0:
-            return [[] for _ in range(len(queries))]
+            return [_neighbours([], metric) for _ in range(len(queries))]
         if k > MAX_TOPK and self.n_visible > MAX_TOPK:
             raise SearchArgumentError(f"k must be at most {MAX_TOPK} on a Milvus store of more items, got {k}")
-        results: Results = [[] for _ in range(len(queries))]
+        results: Results = [_neighbours([], metric) for _ in range(len(queries))]
         for start in range(0, len(queries), QUERY_BATCH):
             batch = range(start, min(start + QUERY_BATCH, len(queries)))
             for i, hits in self._knn_batch(queries, list(batch), metric=metric, k=k).items():
                 results[i] = hits
         return results
 
-    def _knn_batch(self, queries: np.ndarray, pending: list[int], *, metric: Metric, k: int) -> dict[int, list[Hit]]:
-        done: dict[int, list[Hit]] = {}
+    def _knn_batch(self, queries: np.ndarray, pending: list[int], *, metric: Metric, k: int) -> dict[int, Neighbours]:
+        done: dict[int, Neighbours] = {}
         limit = self._cap(max(k + EXTRA, 2 * k))
         while pending:
             found = self.collection.search(queries[pending], metric=metric, limit=limit, where=self.where)
@@ -60,11 +60,11 @@ class Searcher:
             for i, pairs in zip(pending, found):
                 pairs.sort()
                 if len(pairs) < limit or limit >= self.n_visible or pairs[-1][0] > pairs[k - 1][0]:
-                    done[i] = _hits(pairs[:k])
+                    done[i] = _neighbours(pairs[:k], metric)
                 elif limit < self._cap(limit * GROWTH):
                     retry.append(i)
                 else:
-                    done[i] = _hits(self._complete_tie(queries[i], pairs, metric=metric, k=k))
+                    done[i] = _neighbours(self._complete_tie(queries[i], pairs, metric=metric, k=k), metric)
             pending, limit = retry, self._cap(limit * GROWTH)
         return done
 
@@ -82,7 +82,7 @@ class Searcher:
     def within(self, queries: np.ndarray, *, metric: Metric, radius: int) -> Results:
         """Per query, every item at distance <= radius, sorted by (distance, id)."""
         if self.n_visible == 0 or len(queries) == 0:
-            return [[] for _ in range(len(queries))]
+            return [_neighbours([], metric) for _ in range(len(queries))]
         bounds = (0.0, float(radius) + 1.0)
         limit = self._cap(RANGE_FIRST_LIMIT)
         results: Results = []
@@ -92,7 +92,7 @@ class Searcher:
             for query, pairs in zip(batch, found):
                 if len(pairs) >= limit and limit < self.n_visible:  # may have been cut: read by windows
                     pairs = self._ranged(query, metric=metric, within=bounds)
-                results.append(_hits(sorted(pairs)))
+                results.append(_neighbours(sorted(pairs), metric))
         return results
 
     def _ranged(self, query: np.ndarray, *, metric: Metric, within: tuple[float, float], wanted: int | None = None) -> list:
@@ -112,5 +112,6 @@ class Searcher:
         return found if wanted is None else found[:wanted]
 
 
-def _hits(pairs: list) -> list[Hit]:
-    return [Hit(item_id, distance) for distance, item_id in pairs]
+def _neighbours(pairs: list, metric: Metric) -> Neighbours:
+    """(distance, id) pairs in order as Neighbours: Hamming distances as integers, L2 as float32."""
+    return Neighbours.of_pairs(pairs, dtype=np.int64 if metric.integer else np.float32)
