@@ -28,16 +28,15 @@ def duplicates(
     earliest file; every member is within the threshold of the anchor."""
     from hashae.cli.progress import reporter
     from hashae.index.backends import open_store
-    from hashae.index.duplicates import DEFAULT_LATENT_MAX, Threshold, default_threshold, duplicates_document
+    from hashae.index.duplicates import asked_threshold, duplicates_document
 
     if codes_only and latent_max is not None:
         raise typer.BadParameter("give either --codes-only or --latent-max", param_hint="--codes-only")
     started = time.perf_counter()
     with open_store(store_path(store)) as opened, reporter(quiet) as report:  # not short-lived: many look-ups
         view = opened.snapshot()
-        radius = default_threshold(view.settings.bits).radius if threshold is None else threshold
-        limit = None if codes_only else (DEFAULT_LATENT_MAX if latent_max is None else latent_max)
-        document = duplicates_document(view, threshold=Threshold(radius, limit), report=report)
+        asked = asked_threshold(view.settings.bits, radius=threshold, latent_max=latent_max, codes_only=codes_only)
+        document = duplicates_document(view, threshold=asked, report=report)
     document["seconds"] = round(time.perf_counter() - started, 3)
     if as_json:
         print_json(document)

@@ -32,7 +32,7 @@ import numpy as np
 
 from hashae.errors import DataError
 from hashae.index.backends.base import ItemInfo, StoreBackend
-from hashae.index.duplicates import DEFAULT_LATENT_MAX, DuplicateGroup, DuplicateMember, Threshold, default_threshold, find_duplicate_groups
+from hashae.index.duplicates import DEFAULT_LATENT_MAX, DuplicateGroup, DuplicateMember, asked_threshold, find_duplicate_groups
 from hashae.index.query import DEFAULT_K, Answer, QueryEngine, QueryError
 from hashae.index.settings import StoreSettings
 from hashae.inference import InferenceEncoder
@@ -258,8 +258,8 @@ class Store:
         outside 0..bits or a negative latent_max.
         """
         view = self._engine.view
-        radius = default_threshold(view.settings.bits).radius if radius is None else radius
-        return find_duplicate_groups(view, threshold=Threshold(radius, latent_max))
+        threshold = asked_threshold(view.settings.bits, radius=radius, latent_max=latent_max, codes_only=latent_max is None)
+        return find_duplicate_groups(view, threshold=threshold)
 
 
 def load_model(path: str | os.PathLike) -> InferenceEncoder:

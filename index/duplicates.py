@@ -98,6 +98,15 @@ def default_threshold(bits: int) -> Threshold:
     return Threshold(max(0, round(DEFAULT_RADIUS * bits / CALIBRATED_BITS)), DEFAULT_LATENT_MAX)
 
 
+def asked_threshold(bits: int, *, radius: int | None = None, latent_max: float | None = None, codes_only: bool = False) -> Threshold:
+    """The threshold a user asked for, checked (DuplicatesError) for codes of `bits` bits: radius None
+    is the calibrated radius; latent_max None the calibrated limit, or no latent check with codes_only."""
+    calibrated = default_threshold(bits)
+    radius = calibrated.radius if radius is None else radius
+    latent_max = None if codes_only else (calibrated.latent_max if latent_max is None else latent_max)
+    return check_threshold(Threshold(radius, latent_max), bits=bits)
+
+
 def find_duplicate_groups(
     view: ReadView,
     *,

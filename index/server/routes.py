@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hashae.index.backends.base import ItemInfo
-from hashae.index.duplicates import DEFAULT_LATENT_MAX, DuplicatesError, Threshold, check_threshold, default_threshold
+from hashae.index.duplicates import DEFAULT_LATENT_MAX, DuplicatesError, asked_threshold
 from hashae.index.query import DEFAULT_K, QUERY_MODES, TIE_ORDERS, Answer
 from hashae.index.server.engines import EngineHolder, Served, now
 from hashae.index.server.errors import answer_or_error, one_line
@@ -161,10 +161,8 @@ def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> 
             raise HTTPException(status_code=400, detail="give either codes_only or latent_max, not both")
 
         def work(served: Served) -> dict[str, Any]:
-            bits = served.engine.settings.bits
-            asked = Threshold(default_threshold(bits).radius if radius is None else radius, None if codes_only else (DEFAULT_LATENT_MAX if latent_max is None else latent_max))
             try:
-                threshold = check_threshold(asked, bits=bits)
+                threshold = asked_threshold(served.engine.settings.bits, radius=radius, latent_max=latent_max, codes_only=codes_only)
             except DuplicatesError as error:
                 raise HTTPException(status_code=400, detail=one_line(error)) from None
             document = served.duplicates(threshold)
