@@ -13,6 +13,14 @@ epochs), then measured on
     (1,000 rng(0) test queries), the quality issue's goals;
   - the near-duplicate bench (index/bench_duplicates.py), with the store's VAE for the latent parts.
 
+With --vae-variants the other half of issue 13 (the rows of benchmarks/results/duplicates-training.md
+"The VAE"): VAE variants (per-image standardisation, trained on altered views, an invariance term,
+conv, 64-d) trained like the store's VAE, each measured on class retrieval (latent and hybrid
+mAP@1000, the store's hashing model for the codes) and on the near-duplicate bench's latent and
+hybrid modes (--quick: 10,000 database images, 300 originals, 9 transforms):
+
+    python benchmarks/prototype_duplicate_training.py --store S --vae-variants vae-std,vae-std-aug --quick --models M --json F.jsonl
+
     python benchmarks/prototype_duplicate_training.py --store S --variants augmented,self50 \\
         --markdown benchmarks/results/duplicates-training.md --json benchmarks/results/duplicates-training.json
 """
@@ -21,14 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hashae import checkpoint, metrics
 from hashae.datasets import load_fashion_mnist
@@ -38,51 +44,15 @@ from hashae.neighbours import nearest
 from hashae.recipes import NEIGHBOURS_DIMS, NEIGHBOURS_K, fit, with_epochs
 from hashae.trainer import train_config_for
 from hashae.variants import make_config
+from hashae.variants.config import Augmentation
 from hashae.variants.hashing import HashingAutoencoder
 
 # variant -> share of pair draws that are the item itself (the rest: its neighbours); None: the
 # product's training unchanged (pair view: the 1-px shift)
 VARIANTS = {"product": None, "augmented": 0.0, "self50": 0.5, "self100": 1.0}
+# the pair view of the augmented variants (the bench's kinds of change; hashae.augment does them)
+PAIR_AUGMENTATION = Augmentation(shift=2, rotate=15, scale=0.1, brightness=0.3, contrast=0.3, half_resolution=0.2, blur=0.2, noise=0.05)
 REPORTED = ("jpeg q30", "resize x0.5", "brightness -30%", "contrast -30%", "blur r1", "noise 0.05", "shift 2px", "crop 10%", "pad 10%", "rotate 5", "rotate 15", "hflip")
-
-
-def augment(x: torch.Tensor) -> torch.Tensor:
-    """Random copies of images x (B, C, H, W) in [0, 1]: an affine warp (rotation, scale, shift),
-    then photometric changes, each drawn per image."""
-    b, _, h, w = x.shape
-    angle = (torch.rand(b) * 2 - 1) * math.radians(15)
-    scale = 1 + (torch.rand(b) * 2 - 1) * 0.1
-    shift = torch.randint(-2, 3, (b, 2)).float() * torch.tensor([2 / w, 2 / h])  # pixels in grid units
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)  # (B, 2, 3)
-    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
-    x = x * _per_image(b, 0.7, 1.3, p=0.5, like=x)  # brightness
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = mean + (x - mean) * _per_image(b, 0.7, 1.3, p=0.5, like=x)  # contrast
-    half = torch.rand(b, device=x.device) < 0.2
-    if half.any():
-        small = F.interpolate(x[half], scale_factor=0.5, mode="bilinear", align_corners=False)
-        x[half] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-    blurred = torch.rand(b, device=x.device) < 0.2
-    if blurred.any():
-        x[blurred] = _gaussian_blur(x[blurred], sigma=0.8)
-    x = x + torch.randn_like(x) * _per_image(b, 0.0, 0.05, p=0.5, like=x, neutral=0.0)
-    return x.clamp(0, 1)
-
-
-def _per_image(b: int, low: float, high: float, *, p: float, like: torch.Tensor, neutral: float = 1.0) -> torch.Tensor:
-    """A factor per image (B, 1, 1, 1): uniform in [low, high] with probability p, else neutral."""
-    values = low + (high - low) * torch.rand(b)
-    values = torch.where(torch.rand(b) < p, values, torch.full((b,), neutral))
-    return values.to(like)[:, None, None, None]
-
-
-def _gaussian_blur(x: torch.Tensor, *, sigma: float) -> torch.Tensor:
-    taps = torch.exp(-torch.arange(-1, 2, dtype=x.dtype) ** 2 / (2 * sigma**2))
-    kernel = (taps[:, None] * taps[None, :]) / taps.sum() ** 2  # (3, 3)
-    c = x.shape[1]
-    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel.expand(c, 1, 3, 3).contiguous(), groups=c)
 
 
 def train_variant(name: str, x: np.ndarray, *, epochs: int | None, folder: Path) -> tuple[Path, float]:
@@ -97,7 +67,7 @@ def train_variant(name: str, x: np.ndarray, *, epochs: int | None, folder: Path)
         n_self = round(NEIGHBOURS_K * self_share / (1 - self_share)) if self_share < 1 else NEIGHBOURS_K
         own = np.repeat(np.arange(len(x))[:, None], n_self, axis=1)
         pairs = own if self_share == 1 else np.concatenate([neighbours, own], axis=1)
-        HashingAutoencoder.pair_view = lambda self, paired: augment(paired)
+        HashingAutoencoder.pair_view = lambda self, paired: PAIR_AUGMENTATION.apply(paired)
     try:
         started = time.perf_counter()
         fitted = fit(config, x, train_config, name=f"hashing ({name})", pairs=pairs)
@@ -121,15 +91,15 @@ def normalisation_check(originals: int = 1000) -> dict[str, dict[str, float]]:
     per-image standardisation ((x - mean) / std of each image): what an encoder whose input is
     standardised per image would no longer have to learn."""
     from hashae.decode import decode_image
+    from hashae.inference import standardise_images
     from hashae.index.bench_duplicates import Scorer, _chunks, load_data, squared_l2_matrix
     from hashae.index.copies import PHOTOMETRIC
 
     data = load_data(DuplicatesBenchOptions(originals=originals, transforms=PHOTOMETRIC))
     db = data.x.reshape(len(data.x), -1)
     queries = np.stack([decode_image(f, size=28, channels=1).reshape(-1) for f in data.copy_files()])
-    standardise = lambda v: (v - v.mean(1, keepdims=True)) / np.maximum(v.std(1, keepdims=True), 1e-6)  # noqa: E731
     out = {}
-    for name, view in (("raw", lambda v: v), ("standardised per image", standardise)):
+    for name, view in (("raw", lambda v: v), ("standardised per image", standardise_images)):
         d, q = view(db), view(queries)
         norms, scorer = (d * d).sum(1), Scorer(data.n_queries)
         for rows in _chunks(data.n_queries):
@@ -137,6 +107,93 @@ def normalisation_check(originals: int = 1000) -> dict[str, dict[str, float]]:
         out[name] = {t: scorer.recall_at(1, data.queries_of(t)) for t in PHOTOMETRIC}
         print(name, json.dumps(out[name]), flush=True)
     return out
+
+
+# ---------------------------------------------------------------------------------- the VAE (R2)
+# VAE variants for issue 13: the latent that orders equal and nearby codes, trained for copies.
+# name -> VAEConfig fields over the product's (code_size: the latent size). The augmentations:
+COPIES = {"shift": 2, "rotate": 10, "scale": 0.1, "brightness": 0.3, "contrast": 0.3, "half_resolution": 0.2, "blur": 0.2, "noise": 0.05}
+STRONG = {**COPIES, "shift": 3, "scale": 0.15, "blur": 0.3, "half_resolution": 0.3}
+VAE_VARIANTS = {
+    "vae-old": {"standardise_images": False, "augmentation": {}},  # the VAE before issue 13
+    "vae-std": {"standardise_images": True, "augmentation": {}},
+    "vae-std-aug": {"standardise_images": True, "augmentation": COPIES},
+    "vae-std-aug-inv1": {"standardise_images": True, "augmentation": COPIES, "invariance": 1.0},
+    "vae-std-aug-strong": {"standardise_images": True, "augmentation": STRONG},
+    "vae-std-aug-conv": {"standardise_images": True, "augmentation": COPIES, "arch": "conv", "hidden": (32, 64)},
+    "vae-std-aug-64": {"standardise_images": True, "augmentation": COPIES, "code_size": 64},
+    "vae-centre-std-aug": {"centre_images": True, "standardise_images": True, "augmentation": COPIES},
+    "vae-centre-std": {"centre_images": True, "standardise_images": True, "augmentation": {}},
+    # centred on the intensity above each image's minimum (the runs above: on the raw intensity)
+    "vae-centre2-std-aug": {"centre_images": True, "standardise_images": True, "augmentation": COPIES},
+    "vae-centre2-std-aug-zoom": {"centre_images": True, "standardise_images": True, "augmentation": {**COPIES, "scale": 0.15}},
+    # the blur above at sigma 1.0 (the runs above: 0.8), blur and half resolution more often
+    "vae-centre2-std-aug-zoom-soft": {"centre_images": True, "standardise_images": True,
+                                      "augmentation": {**COPIES, "scale": 0.15, "blur": 0.4, "half_resolution": 0.4}},
+    "vae-default": {},  # the product's default VAE config, whatever it is now
+}
+QUICK_TRANSFORMS = ("jpeg q30", "resize x0.5", "brightness -30%", "contrast -30%", "blur r1", "noise 0.05", "shift 2px", "crop 10%", "rotate 5")
+
+
+def train_vae_variant(name: str, x: np.ndarray, *, epochs: int | None, folder: Path) -> tuple[Path, float]:
+    """Train a VAE variant on x with the product's training settings and epochs; save it."""
+    fields = dict(VAE_VARIANTS[name])
+    config = make_config("vae", input_shape=tuple(x.shape[1:]), **{"code_size": 32, **fields})
+    train_config = with_epochs(train_config_for("vae", seed=0, device="cpu"), epochs, len(x))
+    started = time.perf_counter()
+    fitted = fit(config, x, train_config, name=f"VAE ({name})")
+    return checkpoint.save(fitted.model, folder / name), time.perf_counter() - started
+
+
+def latent_class_retrieval(vae_dir: Path, hashing_dir: Path, db_x: np.ndarray, db_labels: np.ndarray) -> dict[str, float]:
+    """mAP@1000 of the BENCHMARK protocol (1,000 rng(0) test queries) in latent mode (L2 between VAE
+    means) and in hybrid mode (index/search.py's answer with the given hashing model's codes)."""
+    from hashae.index.array_view import ArrayView
+    from hashae.index.search import search
+
+    test = load_fashion_mnist("test")
+    pick = np.random.default_rng(0).choice(len(test), 1000, replace=False)
+    q_x, q_labels = test.x[pick], test.labels[pick]
+    vae, hashing = InferenceEncoder.load(vae_dir), InferenceEncoder.load(hashing_dir)
+    db_latents = np.concatenate([vae.embed(db_x[i : i + 4096]) for i in range(0, len(db_x), 4096)])
+    db_codes = np.concatenate([hashing.codes(db_x[i : i + 4096]) for i in range(0, len(db_x), 4096)])
+    q_latents, q_codes = vae.embed(q_x), hashing.codes(q_x)
+    latent = metrics.evaluate_float(q_latents, db_latents, q_labels, db_labels)["map_at_1000"]
+    view, precisions = ArrayView(db_codes, db_latents), []
+    for start in range(0, len(q_x), 100):
+        rows = slice(start, start + 100)
+        answers = search(view, codes=q_codes[rows], latents=q_latents[rows], mode="hybrid", k=metrics.MAP_DEPTH)
+        ids = np.array([[hit.id for hit in hits] for hits in answers])  # (100, 1000)
+        precisions.append(metrics.average_precisions(db_labels[ids] == q_labels[rows, None], k=metrics.MAP_DEPTH))
+    return {"latent_map_at_1000": round(float(latent), 4), "hybrid_map_at_1000": round(float(np.concatenate(precisions).mean()), 4)}
+
+
+def run_vae_variants(args: argparse.Namespace) -> None:
+    """Each VAE variant: train (or reuse --models/NAME), class retrieval, near-duplicate recall@1
+    in latent and hybrid mode; one JSON line per variant appended to --json."""
+    from hashae.index.bench_duplicates import _store_model_dirs
+
+    train = load_fashion_mnist("train")
+    hashing_dir = args.hashing_model or _store_model_dirs(args.store)["hashing"]
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.models or Path(scratch)
+        for name in (v.strip() for v in args.vae_variants.split(",")):
+            record: dict = {"variant": name, "fields": json.loads(json.dumps(VAE_VARIANTS[name])), "hashing_model": str(hashing_dir)}
+            if (folder / name).is_dir():
+                model_dir = folder / name
+            else:
+                model_dir, seconds = train_vae_variant(name, train.x, epochs=args.epochs, folder=folder)
+                record["train_s"] = round(seconds, 1)
+            record.update(latent_class_retrieval(model_dir, hashing_dir, train.x, train.labels))
+            quick = {"db_limit": 10000, "originals": 300, "transforms": QUICK_TRANSFORMS} if args.quick else {"originals": args.originals}
+            bench = run_duplicates_bench(DuplicatesBenchOptions(store=args.store, hashing_model=hashing_dir, latent_model=model_dir,
+                                                                methods=("latent", "hybrid"), **quick))
+            record["bench"] = "quick: 10,000 database images, 300 originals" if args.quick else f"full: 60,000 database images, {args.originals} originals"
+            record["recall_at_1"] = {f"{r['method']} | {r['transform']}": round(r["recall_at_1"], 3) for r in bench.rows}
+            print(json.dumps(record), flush=True)
+            if args.json:
+                with open(args.json, "a") as stream:
+                    stream.write(json.dumps(record) + "\n")
 
 
 def main() -> None:
@@ -147,11 +204,17 @@ def main() -> None:
     parser.add_argument("--originals", type=int, default=1000)
     parser.add_argument("--models", type=Path, help="Keep the trained checkpoints here (default: a temporary folder).")
     parser.add_argument("--normalisation-check", action="store_true", help="Only measure raw pixels' recall@1 on the photometric copies, as decoded and standardised per image.")
+    parser.add_argument("--vae-variants", help=f"Instead of hashing variants, these VAE variants (comma-separated: {', '.join(VAE_VARIANTS)}).")
+    parser.add_argument("--hashing-model", type=Path, help="With --vae-variants: the hashing checkpoint for hybrid mode (default: the store's).")
+    parser.add_argument("--quick", action="store_true", help="With --vae-variants: the quick bench (10,000 database images, 300 originals, 9 transforms).")
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.normalisation_check:
         normalisation_check(args.originals)
+        return
+    if args.vae_variants:
+        run_vae_variants(args)
         return
     train = load_fashion_mnist("train")
     results = {}

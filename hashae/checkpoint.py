@@ -89,7 +89,8 @@ def _config_of(document: dict[str, Any], config_path: Path):
         config_class, _ = lookup(document["kind"])
         if not isinstance(document["config"], dict):
             raise ConfigError("the config field is not a JSON object")
-        return config_class.from_dict(document["config"])
+        # a field the saved config lacks had, in effect, its WRITTEN_BEFORE value (not today's default)
+        return config_class.from_dict({**config_class.WRITTEN_BEFORE, **document["config"]})
     except (ConfigError, TypeError, KeyError, ValueError) as error:
         raise CheckpointError(f"{config_path}: {error}") from None
 

@@ -27,6 +27,9 @@ CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 MAX_INPUT_DIMS = 3  # (features,) or (channels, height, width)
 MAX_INPUT_VALUES = 1 << 24  # 16.8M values in one input: 4096 x 4096 x 1, 2365 x 2365 x 3
 WEIGHT_DTYPE = np.float32  # every tensor hashae saves is float32
+# Per-image standardisation divides by sqrt(variance + this): a blank image maps to zeros, not to
+# amplified noise (a Fashion-MNIST image's pixel variance is about 0.1).
+IMAGE_VARIANCE_FLOOR = 1e-4
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -199,6 +202,10 @@ class InferenceEncoder:
         x = np.asarray(x, dtype=np.float32)
         if x.shape[1:] != self.input_shape:
             raise CheckpointError(f"inputs of shape {x.shape[1:]} do not fit this model's input shape {self.input_shape}")
+        if self.config.get("centre_images", False):  # both absent in checkpoints older than the fields
+            x = centre_images(x)
+        if self.config.get("standardise_images", False):
+            x = standardise_images(x)
         h = (x - self.input_mean) / self.input_scale
         if self.layers and self.layers[0]["op"] == "linear":
             h = h.reshape(len(h), -1)
@@ -234,6 +241,42 @@ class InferenceEncoder:
         if op == "flatten":
             return h.reshape(len(h), -1)
         raise CheckpointError(f"layer op {op!r} cannot run in an encoder")
+
+
+def standardise_images(x: np.ndarray) -> np.ndarray:
+    """Each input of x (n, ...) float32 centred on its own mean and divided by its own standard
+    deviation, floored: (x - mean) / sqrt(var + IMAGE_VARIANCE_FLOOR), as the torch models'
+    hashae.variants.base.standardise_images computes it."""
+    flat = x.reshape(len(x), -1)
+    mean = flat.mean(1, keepdims=True, dtype=np.float32)
+    var = np.square(flat - mean).mean(1, keepdims=True, dtype=np.float32)
+    return ((flat - mean) / np.sqrt(var + np.float32(IMAGE_VARIANCE_FLOOR))).reshape(x.shape)
+
+
+def centring_weights(size: int, offset: np.ndarray) -> np.ndarray:
+    """Linear interpolation (n, size, size) that moves each of n rows of `size` values by its own
+    sub-pixel offset (output i takes the input at i + offset, zeros beyond the edges): the
+    triangle kernel max(0, 1 - |k - i - offset|), float32 (the torch twin in hashae.variants.base
+    computes the same)."""
+    positions = np.arange(size, dtype=np.float32)
+    gap = positions[None, None, :] - positions[None, :, None] - offset.astype(np.float32)[:, None, None]  # (n, out i, in k)
+    return np.maximum(np.float32(0), np.float32(1) - np.abs(gap))
+
+
+def centre_images(x: np.ndarray) -> np.ndarray:
+    """Images x (n, C, H, W) float32 moved so that each one's centroid of intensity above its
+    minimum lies at the image centre (bilinear, sub-pixel, zeros shifted in); a uniform image stays
+    put. A translated copy of an image (that loses nothing at the edges), or one with another
+    brightness or contrast, gets the same centring."""
+    n, _, h, w = x.shape
+    above = x - x.reshape(n, -1).min(1)[:, None, None, None]  # over the background: a contrast change keeps the centroid
+    rows, cols = above.sum(axis=(1, 3), dtype=np.float32), above.sum(axis=(1, 2), dtype=np.float32)  # (n, H), (n, W)
+    mass = rows.sum(1)  # (n,)
+    safe = np.where(mass > 0, mass, np.float32(1))
+    dy = np.where(mass > 0, rows @ np.arange(h, dtype=np.float32) / safe - np.float32((h - 1) / 2), np.float32(0))
+    dx = np.where(mass > 0, cols @ np.arange(w, dtype=np.float32) / safe - np.float32((w - 1) / 2), np.float32(0))
+    along_y, along_x = centring_weights(h, dy), centring_weights(w, dx)  # (n, H, H), (n, W, W)
+    return np.einsum("nik,nckl,njl->ncij", along_y, x, along_x, optimize=True).astype(np.float32)
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, *, stride: int, padding: int) -> np.ndarray:

@@ -337,3 +337,45 @@ def test_a_hashing_checkpoint_from_before_the_learned_gain_still_loads(saved: Pa
     x = torch.from_numpy(vectors[:16])
     if not before.config.code_gain or torch.equal(before.code_log_gain.detach(), torch.zeros_like(before.code_log_gain)):
         assert torch.equal(before.bits(x), old.bits(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# per-image standardisation (issue 13): the numpy encoder does what the torch model does
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("view", ["standardise_images", "centre_images"])
+def test_the_numpy_encoder_sees_each_image_as_the_torch_model_does(tmp_path: Path, build_model, arch: str, view: str) -> None:
+    """Per-image standardisation and centring: hashae.inference and the torch model agree."""
+    rng = np.random.default_rng(0)
+    images = np.zeros((16, 1, 8, 8), np.float32)
+    images[:, :, 1:6, 2:7] = rng.uniform(0, 1, (16, 1, 5, 5)) * np.linspace(0.2, 1, 16, dtype=np.float32)[:, None, None, None]
+    images[0] = 0.0  # a blank image: left as zeros by both
+    shape = {"hidden": (4, 8), "dense": 16} if arch == "conv" else {"hidden": (16,)}
+    latents = {}
+    for on in (True, False):
+        views = {"standardise_images": False, "centre_images": False, view: on}
+        model = build_model("vae", input_shape=(1, 8, 8), code_size=4, arch=arch, augmentation={}, **shape, **views)
+        model.fit_normalisation(images)
+        model.eval()
+        folder = checkpoint.save(model, tmp_path / f"{arch}-{view}-{on}")
+        numpy_latents = InferenceEncoder.load(folder).embed(images)
+        torch_latents = checkpoint.load(folder).embed(torch.from_numpy(images)).numpy()
+        np.testing.assert_allclose(numpy_latents, torch_latents, atol=2e-5)
+        latents[on] = numpy_latents
+    assert not np.allclose(latents[True], latents[False], atol=1e-3), f"{view} changed nothing"
+
+
+def test_a_vae_checkpoint_from_before_standardisation_loads_as_it_was_trained(tmp_path: Path, build_model) -> None:
+    """A checkpoint whose config lacks the issue-13 fields was trained without them, whatever
+    today's defaults are: both loaders must encode as before."""
+    images = np.random.default_rng(1).uniform(0, 1, (8, 1, 8, 8)).astype(np.float32)
+    model = build_model("vae", input_shape=(1, 8, 8), code_size=4, hidden=(16,), standardise_images=False, centre_images=False, augmentation={})
+    model.eval()
+    folder = checkpoint.save(model, tmp_path / "old-vae")
+    _edit_config(folder, lambda document: [document["config"].pop(k) for k in ("standardise_images", "centre_images", "augmentation", "invariance")])
+    loaded = checkpoint.load(folder)
+    assert loaded.config.standardise_images is False and loaded.config.centre_images is False and not loaded.config.augmentation.active
+    expected = model.embed(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(loaded.embed(torch.from_numpy(images)).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(InferenceEncoder.load(folder).embed(images), expected, atol=2e-5)

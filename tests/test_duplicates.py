@@ -278,3 +278,132 @@ def test_bench_runs_on_a_small_database_with_the_stores_models(duplicates_store,
     assert all(0 <= r[m] <= 1 for r in result["rows"] for m in ("recall_at_1", "recall_at_10", "recall_at_threshold"))
     assert (tmp_path / "dup.md").read_text() == text
     assert "Command: `the command`" in text and "### recall@1" in text and "| shift 2px |" in text and "issue 13 goals" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# training for copies (issue 13): the augmentation a model's encoder sees, per-image standardisation
+
+
+def _images(n=6, size=12, seed=0):
+    import torch
+
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 1, size, size), np.float32)
+    x[:, :, 3:9, 4:8] = rng.uniform(0.3, 1.0, (n, 1, 6, 4))  # a bright block away from the edges
+    return torch.from_numpy(x)
+
+
+def test_an_augmentation_of_nothing_returns_the_batch_itself():
+    from hashae.variants.config import Augmentation
+
+    x = _images()
+    assert not Augmentation().active
+    assert Augmentation().apply(x) is x
+
+
+def test_a_shift_only_augmentation_moves_each_image_by_whole_pixels_within_its_range():
+    import torch
+
+    from hashae.variants.config import Augmentation
+
+    torch.manual_seed(0)
+    x = _images(n=40)
+    before = x.clone()
+    moved = Augmentation(shift=2).apply(x)
+    assert torch.equal(x, before), "the input was altered in place"
+    seen = set()
+    for original, copy in zip(x, moved):
+        padded = torch.nn.functional.pad(original, (2, 2, 2, 2))
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if torch.allclose(copy, padded[:, 2 - dy : 14 - dy, 2 - dx : 14 - dx], atol=1e-5)]
+        assert matches, "a copy is not a whole-pixel shift of at most 2 px"
+        seen.add(matches[0])
+    assert len(seen) > 5, "the shifts are not drawn per image"
+
+
+def test_a_full_augmentation_keeps_shape_and_range_and_alters_every_image():
+    import torch
+
+    from hashae.variants.config import Augmentation
+
+    torch.manual_seed(0)
+    x = _images(n=32)
+    copies = Augmentation(shift=2, rotate=10, scale=0.1, brightness=0.3, contrast=0.3, half_resolution=0.5, blur=0.5, noise=0.05).apply(x)
+    assert copies.shape == x.shape and copies.min() >= 0 and copies.max() <= 1
+    assert ((copies - x).abs().flatten(1).max(1).values > 1e-3).float().mean() > 0.9
+
+
+def test_standardisation_and_augmentation_need_images_and_bad_values_are_one_line():
+    from hashae.errors import ConfigError
+    from hashae.variants import make_config
+
+    with pytest.raises(ConfigError, match="need image input"):
+        make_config("vae", input_shape=(20,), code_size=4, standardise_images=True, recon_loss="mse")
+    with pytest.raises(ConfigError, match="augmentation: rotate must be <= 180"):
+        make_config("vae", input_shape=(1, 12, 12), code_size=4, augmentation={"rotate": 200})
+    with pytest.raises(ConfigError, match="augmentation with the fields"):
+        make_config("vae", input_shape=(1, 12, 12), code_size=4, augmentation={"tilt": 3})
+
+
+def test_a_vae_trained_on_altered_views_reconstructs_the_clean_image_and_pulls_the_means_together(build_model):
+    """Training: the encoder sees the altered copy, the loss compares with the clean image, and the
+    invariance term appears only in training with an augmentation."""
+    import torch
+
+    from hashae.variants.config import Augmentation
+
+    x = _images(n=8)
+    model = build_model("vae", input_shape=(1, 12, 12), code_size=4, hidden=(16,), invariance=2.0, centre_images=False,
+                        standardise_images=False, augmentation=Augmentation(shift=2, brightness=0.3))
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    model.train()
+    torch.manual_seed(1)
+    out = model(x)
+    assert set(out.terms) == {"reconstruction", "kl", "invariance"} and out.terms["invariance"] > 0
+    assert not torch.allclose(seen[0].reshape(x.shape), x), "the encoder saw the clean images in training"
+    logits = out.reconstruction
+    clean_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1).mean()
+    assert torch.allclose(out.terms["reconstruction"], clean_loss), "the target is not the clean image"
+    model.eval()
+    assert set(model(x).terms) == {"reconstruction", "kl"}
+
+
+def test_a_standardising_model_gives_a_brightness_or_contrast_copy_the_same_code(build_model):
+    import torch
+
+    x = _images(n=6)
+    model = build_model("vae", input_shape=(1, 12, 12), code_size=4, hidden=(16,), standardise_images=True, centre_images=False).eval()
+    plain = build_model("vae", input_shape=(1, 12, 12), code_size=4, hidden=(16,), standardise_images=False, centre_images=False).eval()
+    darker, flatter = x * 0.7, x.mean(dim=(1, 2, 3), keepdim=True) + 0.7 * (x - x.mean(dim=(1, 2, 3), keepdim=True))
+    for copy in (darker, flatter):
+        assert torch.allclose(model.embed(copy), model.embed(x), atol=1e-3)
+        assert not torch.allclose(plain.embed(copy), plain.embed(x), atol=1e-3)
+    # the reconstruction target stays the image (pixels in [0, 1] for the BCE loss)
+    assert torch.equal(model.target(x), x)
+
+
+def test_centring_gives_a_shifted_copy_the_view_of_its_original():
+    """An image moved by whole pixels (nothing lost at the edges) is centred onto the original's view,
+    in numpy and in torch alike; an empty image stays empty."""
+    import torch
+
+    from hashae.inference import centre_images as centre_numpy
+    from hashae.variants.base import centre_images as centre_torch
+
+    x = _images(n=6).numpy()
+    shifted = np.zeros_like(x)
+    shifted[:, :, 2:, 1:] = x[:, :, :-2, :-1]  # 2 px down, 1 px right: the block stays inside
+    np.testing.assert_allclose(centre_numpy(shifted), centre_numpy(x), atol=1e-5)
+    np.testing.assert_allclose(centre_torch(torch.from_numpy(x)).numpy(), centre_numpy(x), atol=1e-5)
+    assert not np.allclose(centre_numpy(x), x, atol=1e-3), "the block was already centred: the test proves nothing"
+    assert not centre_numpy(np.zeros((1, 1, 12, 12), np.float32)).any()
+
+
+def test_the_product_vae_on_images_is_trained_for_copies_and_on_vectors_is_not():
+    from hashae.variants import make_config
+
+    images = make_config("vae", input_shape=(1, 28, 28), code_size=32)
+    assert images.standardise_images and images.centre_images and images.augmentation.active
+    vectors = make_config("vae", input_shape=(20,), code_size=8)
+    assert not vectors.standardise_images and not vectors.centre_images and not vectors.augmentation.active

@@ -8,8 +8,11 @@ A variant changes the pass only through small hooks (see hashae.variants):
                              `uses_pairs`)
     class attributes         code activation, how many outputs the encoder has per code unit, prior
 
-Input corruption is a config field of every variant, applied before the encoder with the loss
-taken against the clean input. The trainer reads only `Output.loss`.
+Input corruption and augmentation (a copy's alterations, on the raw image) are config fields of
+every variant, applied before the encoder with the loss taken against the clean input; images
+may also be centred on their centroid (`centre_images`, encoder and target alike) and standardised
+by their own statistics (`standardise_images`, the encoder's view only). The trainer reads only
+`Output.loss`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import nn
 
 from hashae import nets
 from hashae.errors import ConfigError
+from hashae.inference import IMAGE_VARIANCE_FLOOR
 from hashae.variants.config import AEConfig
 
 
@@ -95,6 +99,20 @@ class Autoencoder(nn.Module):
 
     # -- shared pass ----------------------------------------------------------------------------
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's view of raw inputs x (B, *input_shape): each image centred on its centroid
+        and standardised by its own mean and deviation when the config says so, then each feature
+        normalised by the fitted statistics (hashae.inference does the same in numpy)."""
+        if self.config.centre_images:
+            x = centre_images(x)
+        if self.config.standardise_images:
+            x = standardise_images(x)
+        return (x - self.input_mean) / self.input_scale
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """What the decoder reconstructs: raw inputs x (centred when the config says so, not
+        standardised) normalised per feature."""
+        if self.config.centre_images:
+            x = centre_images(x)
         return (x - self.input_mean) / self.input_scale
 
     def encode_pre(self, x_norm: torch.Tensor) -> torch.Tensor:
@@ -110,12 +128,16 @@ class Autoencoder(nn.Module):
 
         paired: optional (B, *input_shape) positives, paired[i] a neighbour of x[i] (found without
         labels). Variants whose `uses_pairs` is false ignore it; the others add `pair_penalties`."""
-        x_clean = self.normalise(x)
-        x_in = self.per_row_random(self.config.corruption.apply, x_clean) if self.training else x_clean
+        x_clean = self.target(x)  # (B, *input_shape), the reconstruction target
+        x_view = self.per_row_random(self.config.augmentation.apply, x) if self.training else x  # an altered copy
+        x_in = x_clean if x_view is x and not self.config.standardise_images else self.normalise(x_view)
+        x_in = self.per_row_random(self.config.corruption.apply, x_in) if self.training else x_in
         z = self.encode_pre(x_in)  # (B, out)
         h = self.latent(z, progress)  # (B, code_size)
         logits = self.decode_logits(h)  # (B, *input_shape)
         terms = {"reconstruction": self.reconstruction_loss(logits, x_clean), **self.penalties(x_in, z, h)}
+        if self.training and x_view is not x:
+            terms.update(self.view_penalties(x, z))
         if paired is not None and self.uses_pairs:
             paired_clean = self.normalise(self.per_row_random(self.pair_view, paired))
             paired_in = self.per_row_random(self.config.corruption.apply, paired_clean) if self.training else paired_clean
@@ -137,6 +159,11 @@ class Autoencoder(nn.Module):
         if self.batch_share is None or not self.training:
             return fn(t)
         return self.batch_share.per_row(fn, t)
+
+    def view_penalties(self, x: torch.Tensor, z_view: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra weighted loss terms tying the encoder output of an augmented view z_view (B, out)
+        to the clean raw inputs x it was made from (only in training with an augmentation)."""
+        return {}
 
     def whole_batch_terms(self) -> frozenset[str]:
         """Names of the loss terms computed over the whole batch (from whole_batch rows), not as a
@@ -246,6 +273,38 @@ class Autoencoder(nn.Module):
         marginal, independently of the rest (a naive stand-in that ignores how units co-vary)."""
         rows = torch.randint(len(self.code_bank), (n, self.config.code_size), generator=generator)
         return torch.gather(self.code_bank, 0, rows)
+
+
+def standardise_images(x: torch.Tensor) -> torch.Tensor:
+    """Each input of x (B, ...) centred on its own mean and divided by its own standard deviation
+    (population, floored: sqrt(var + IMAGE_VARIANCE_FLOOR)); hashae.inference.standardise_images
+    is the numpy twin the shipped encoder runs."""
+    flat = x.flatten(1)  # (B, features)
+    mean = flat.mean(1, keepdim=True)
+    var = (flat - mean).pow(2).mean(1, keepdim=True)
+    return ((flat - mean) / torch.sqrt(var + IMAGE_VARIANCE_FLOOR)).reshape(x.shape)
+
+
+def centre_images(x: torch.Tensor) -> torch.Tensor:
+    """Images x (B, C, H, W) moved so that each one's centroid of intensity above its minimum lies
+    at the image centre (bilinear, sub-pixel, zeros shifted in); hashae.inference.centre_images is
+    the numpy twin."""
+    b, _, h, w = x.shape
+    above = x - x.flatten(1).min(1).values[:, None, None, None]  # over the background, as in numpy
+    rows, cols = above.sum(dim=(1, 3)), above.sum(dim=(1, 2))  # (B, H), (B, W)
+    mass = rows.sum(1)  # (B,)
+    safe = torch.where(mass > 0, mass, torch.ones_like(mass))
+    dy = torch.where(mass > 0, rows @ torch.arange(h, dtype=x.dtype, device=x.device) / safe - (h - 1) / 2, torch.zeros_like(mass))
+    dx = torch.where(mass > 0, cols @ torch.arange(w, dtype=x.dtype, device=x.device) / safe - (w - 1) / 2, torch.zeros_like(mass))
+    return torch.einsum("bik,bckl,bjl->bcij", _centring_weights(h, dy), x, _centring_weights(w, dx))
+
+
+def _centring_weights(size: int, offset: torch.Tensor) -> torch.Tensor:
+    """(B, size, size): output i takes the input at i + offset (triangle kernel), as
+    hashae.inference.centring_weights."""
+    positions = torch.arange(size, dtype=offset.dtype, device=offset.device)
+    gap = positions[None, None, :] - positions[None, :, None] - offset[:, None, None]  # (B, out i, in k)
+    return torch.clamp(1 - gap.abs(), min=0)
 
 
 def split_point(values: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,49 @@ class Corruption:
 
 
 @dataclass(frozen=True)
+class Augmentation:
+    """How training views of images (B, C, H, W) in [0, 1] are altered before the encoder (the
+    alterations of a near-duplicate; hashae.augment does them), every part drawn per image. The
+    loss is taken against the clean image: a denoising autoencoder whose noise is a copy's changes.
+
+    shift: translation in whole pixels, x and y each uniform in [-shift, shift];
+    rotate: rotation uniform in [-rotate, rotate] degrees;
+    scale: zoom uniform in [1 - scale, 1 + scale] (above 1 a crop, below a pad);
+    brightness / contrast: with probability 1/2 each, intensities (contrast: their deviations from
+    the image's mean) times a factor uniform in [1 - value, 1 + value];
+    half_resolution / blur: probability of a bilinear round trip through half size / of a 3x3
+    Gaussian blur;
+    noise: with probability 1/2, additive N(0, s^2) noise with s uniform in [0, noise].
+    Zeros (black) fill what a warp uncovers; the result is clipped to [0, 1]. All 0: no change.
+    """
+
+    shift: int = setting(0, at_least=0)
+    rotate: float = setting(0.0, at_least=0, at_most=180)
+    scale: float = setting(0.0, at_least=0, at_most=0.5)
+    brightness: float = setting(0.0, at_least=0, at_most=1)
+    contrast: float = setting(0.0, at_least=0, at_most=1)
+    half_resolution: float = setting(0.0, at_least=0, at_most=1)
+    blur: float = setting(0.0, at_least=0, at_most=1)
+    noise: float = setting(0.0, at_least=0)
+
+    def __post_init__(self) -> None:
+        check_all(self)
+
+    @property
+    def active(self) -> bool:
+        """Whether apply alters anything."""
+        return any(getattr(self, item.name) for item in dataclasses.fields(self))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """An altered copy of raw images x (B, C, H, W) in [0, 1]; x itself is left untouched."""
+        if not self.active:
+            return x
+        from hashae.augment import altered
+
+        return altered(x, self)
+
+
+@dataclass(frozen=True)
 class AEConfig:
     """Fields every variant shares. Sizes: code_size is the number of bits (binary variants) or the
     latent dimension (continuous ones).
@@ -61,6 +104,18 @@ class AEConfig:
     arch: mlp (hidden = widths of the hidden layers) or conv (hidden = channels of the strided
     convolutions, followed by a dense layer of `dense` units). recon_loss: bce (inputs in [0, 1])
     or mse (Gaussian, 0.5 * sum((x - x_hat)^2) / recon_scale^2); None: by the input's shape.
+
+    standardise_images: images only: the encoder sees each image centred and scaled by its own
+    mean and standard deviation (hashae.inference.standardise_images) before the per-feature
+    normalisation, so a global brightness or contrast change does not reach the code; the
+    reconstruction target stays the image. centre_images: images only: each image moved (sub-pixel,
+    bilinear) so its intensity centroid lies at the centre, for the encoder and the reconstruction
+    target alike (hashae.inference.centre_images), so a shifted copy gets the same view. augmentation: images only: what the encoder's training
+    view alters (see Augmentation; off by default). corruption: noise on the normalised view.
+
+    WRITTEN_BEFORE: the value a field had in effect in checkpoints saved before the field existed
+    (hashae.checkpoint fills it in when the saved config lacks it, so an old model loads as it was
+    trained even where today's default differs).
     """
 
     input_shape: tuple[int, ...] = setting((1, 28, 28), positive=True)
@@ -71,8 +126,12 @@ class AEConfig:
     recon_loss: str | None = setting(None, choices=("bce", "mse"))
     recon_scale: float = setting(1.0, positive=True)
     corruption: Corruption = setting(Corruption())
+    standardise_images: bool = setting(False)
+    centre_images: bool = setting(False)
+    augmentation: Augmentation = setting(Augmentation())
 
     kind: ClassVar[str] = ""
+    WRITTEN_BEFORE: ClassVar[dict[str, Any]] = {"standardise_images": False, "centre_images": False, "augmentation": {}}
     # TrainConfig fields this kind trains best with (over TrainConfig's own defaults)
     TRAINING: ClassVar[dict[str, Any]] = {}
 
@@ -90,6 +149,9 @@ class AEConfig:
             if not self.hidden:
                 raise ConfigError(f"{self.kind} config: the conv architecture needs hidden channel counts, e.g. hidden=[32,64]")
             nets.conv_input_shape(self.input_shape, len(self.hidden))
+        images = len(self.input_shape) == 3
+        if (self.standardise_images or self.centre_images or self.augmentation.active) and not images:
+            raise ConfigError(f"{self.kind} config: standardise_images, centre_images and augmentation need image input (C, H, W), got shape {self.input_shape}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (kind included)."""
@@ -117,7 +179,9 @@ def choose_by_shape(config: AEConfig) -> dict[str, Any]:
     - corruption (denoising, hashing): gaussian 0.2 on vectors (zeroing a feature is no "missing
       pixel"), masking on images at the kind's IMAGE_MASKING;
     - pair_shift (hashing): 1 pixel on images (C, H, W), 0 on anything else (nothing to translate);
-    - decorrelation (hashing): DECORRELATION_WEIGHT on codes of DECORRELATE_FROM_BITS bits or more, else 0.
+    - decorrelation (hashing): DECORRELATION_WEIGHT on codes of DECORRELATE_FROM_BITS bits or more, else 0;
+    - standardise_images, centre_images (vae): on images, off on anything else;
+    - augmentation (vae): the kind's IMAGE_AUGMENTATION on images, none on anything else.
     """
     vectors, images = len(config.input_shape) == 1, len(config.input_shape) == 3
     rules = {
@@ -125,6 +189,9 @@ def choose_by_shape(config: AEConfig) -> dict[str, Any]:
         "corruption": lambda: Corruption("gaussian", 0.2) if vectors else Corruption("mask", config.IMAGE_MASKING),
         "pair_shift": lambda: 1 if images else 0,
         "decorrelation": lambda: DECORRELATION_WEIGHT if config.code_size >= DECORRELATE_FROM_BITS else 0.0,
+        "standardise_images": lambda: images,
+        "centre_images": lambda: images,
+        "augmentation": lambda: config.IMAGE_AUGMENTATION if images else Augmentation(),
     }
     return {name: rule() for name, rule in rules.items() if getattr(config, name, ...) is None}
 
@@ -173,9 +240,25 @@ class ContractiveConfig(AEConfig):
 
 @dataclass(frozen=True)
 class VAEConfig(AEConfig):
-    """Variational autoencoder: Gaussian posterior, N(0, I) prior, beta-weighted closed-form KL."""
+    """Variational autoencoder: Gaussian posterior, N(0, I) prior, beta-weighted closed-form KL.
+
+    invariance: with an augmentation, weight of mean ||mu(altered x) - mu(x)||^2, the posterior
+    mean of a training image's altered copy pulled towards the image's own (an extra encoder pass;
+    off: it bought nothing over the augmentation alone, duplicates-training.md);
+    standardise_images, centre_images, augmentation: None = by shape (choose_by_shape): on images,
+    each image centred and standardised and the encoder trained on IMAGE_AUGMENTATION's altered copies.
+    """
 
     beta: float = setting(1.0, at_least=0)
+    invariance: float = setting(0.0, at_least=0)
+    standardise_images: bool | None = setting(None)
+    centre_images: bool | None = setting(None)
+    augmentation: Augmentation | None = setting(None)
+    # Images: the VAE orders equal and nearby codes (hamming ties, the hybrid re-rank, latent
+    # mode), so it is trained for near-duplicates (issue 13, benchmarks/results/duplicates-training.md):
+    # each image centred and standardised, its encoder shown altered copies of the bench's kinds.
+    IMAGE_AUGMENTATION: ClassVar[Augmentation] = Augmentation(
+        shift=2, rotate=10, scale=0.15, brightness=0.3, contrast=0.3, half_resolution=0.4, blur=0.4, noise=0.05)
     kind: ClassVar[str] = "vae"
 
 

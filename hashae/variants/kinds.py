@@ -81,6 +81,15 @@ class VariationalAutoencoder(Autoencoder):
         mu, logvar = z.chunk(2, dim=1)
         return {"kl": self.config.beta * gaussian_kl(mu, logvar).mean()}
 
+    def view_penalties(self, x, z_view):
+        """invariance * mean ||mu(view) - mu(x)||^2: the mean of an altered copy pulled towards the
+        clean image's (both get the gradient; the reconstruction keeps the means apart)."""
+        if not self.config.invariance:
+            return {}
+        mu_view = z_view[:, : self.config.code_size]  # (B, d)
+        mu_clean = self.encode_pre(self.normalise(x))[:, : self.config.code_size]  # (B, d)
+        return {"invariance": self.config.invariance * (mu_view - mu_clean).pow(2).sum(1).mean()}
+
     def prior_sample(self, n, generator):
         return torch.randn(n, self.config.code_size, generator=generator)
 
