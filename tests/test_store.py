@@ -165,7 +165,7 @@ def assert_snapshot_matches_brute_force(snapshot, *, k=10, radius=12):
 def store_state(store_path):
     """Everything a re-run must reproduce: rows (ids included), generations, models, files, answers."""
     with LocalStore.open(store_path) as store:
-        db = store.catalogue._sql()
+        db = store.catalogue.connection
         rows = db.execute(
             "SELECT id, path, size, mtime_ns, content_hash, label, code, latent, added_gen, removed_gen"
             " FROM items ORDER BY id"
@@ -388,7 +388,7 @@ def test_names_that_are_not_utf8_are_stored_losslessly(tmp_path):
         assert (folder / item.path).read_bytes() == b"png bytes"  # the name still opens the file
         assert [(s.path, s.reason) for s in store.skipped()] == [(broken, f"empty file {broken}")]
         assert sorted(store.catalogue.live_items()) == ["plain.png", path]
-        stored = store.catalogue._sql().execute("SELECT path FROM items WHERE id = ?", [int(item_id)]).fetchone()[0]
+        stored = store.catalogue.connection.execute("SELECT path FROM items WHERE id = ?", [int(item_id)]).fetchone()[0]
         assert stored == b"x\xfe/bad\xff.png"  # the file system's own bytes
         info = store.info()
         assert info["skipped"] == [{"path": broken, "reason": f"empty file {broken}"}]
@@ -526,7 +526,7 @@ def test_reading_writes_nothing(store_v1):
         snapshot.search_hamming(snapshot.codes_of(snapshot.item_ids()[:3]), k=3)
         store.info(), store.settings(), store.skipped(), store.latest_models()
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            store.catalogue._sql().execute("DELETE FROM meta")
+            store.catalogue.connection.execute("DELETE FROM meta")
     assert files() == before
 
 
@@ -620,7 +620,7 @@ def test_purge_keeps_the_previous_generation(reference_stores, tmp_path):
             "hamming-2.bin", "hamming-3.bin", "latent-2.faiss", "latent-3.faiss"
         ]
         assert store.catalogue.count_visible(2) == 270 and store.catalogue.count_visible(3) == 269
-        purged = store.catalogue._sql().execute("SELECT count(*) FROM items WHERE removed_gen <= 2").fetchone()[0]
+        purged = store.catalogue.connection.execute("SELECT count(*) FROM items WHERE removed_gen <= 2").fetchone()[0]
         assert purged == 0  # rows only generation 1 could see are gone
 
 

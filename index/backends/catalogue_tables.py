@@ -84,6 +84,12 @@ class CatalogueTables:
     def _sql(self) -> sqlite3.Connection:
         raise NotImplementedError
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The catalogue's sqlite3 connection (read-only unless this is the writer's): for integrity
+        checks and inspection; changes go through the catalogue's methods."""
+        return self._sql()
+
     def _write_transaction(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
 

@@ -74,7 +74,7 @@ def _check_local(path: Path, report: CheckReport) -> None:
     if catalogue is None:
         return
     with catalogue:
-        connection = catalogue.db.conn
+        connection = catalogue.connection
         if not _integrity(connection, layout.catalogue, report) or not _rows_read_back(connection, layout.catalogue, report):
             return
         gen = catalogue.last_generation()
