@@ -130,6 +130,10 @@ VAE_VARIANTS = {
     # the blur above at sigma 1.0 (the runs above: 0.8), blur and half resolution more often
     "vae-centre2-std-aug-zoom-soft": {"centre_images": True, "standardise_images": True,
                                       "augmentation": {**COPIES, "scale": 0.15, "blur": 0.4, "half_resolution": 0.4}},
+    # centred as above, the image's minimum (not 0) shifted in: a contrast copy's grey background
+    # stays uniform (the runs above: zeros shifted in)
+    "vae-centre3-std-aug-zoom-soft": {"centre_images": True, "standardise_images": True,
+                                      "augmentation": {**COPIES, "scale": 0.15, "blur": 0.4, "half_resolution": 0.4}},
     "vae-default": {},  # the product's default VAE config, whatever it is now
 }
 QUICK_TRANSFORMS = ("jpeg q30", "resize x0.5", "brightness -30%", "contrast -30%", "blur r1", "noise 0.05", "shift 2px", "crop 10%", "rotate 5")

@@ -265,18 +265,19 @@ def centring_weights(size: int, offset: np.ndarray) -> np.ndarray:
 
 def centre_images(x: np.ndarray) -> np.ndarray:
     """Images x (n, C, H, W) float32 moved so that each one's centroid of intensity above its
-    minimum lies at the image centre (bilinear, sub-pixel, zeros shifted in); a uniform image stays
-    put. A translated copy of an image (that loses nothing at the edges), or one with another
-    brightness or contrast, gets the same centring."""
+    minimum lies at the image centre (bilinear, sub-pixel, the minimum shifted in); a uniform image
+    stays put. A translated copy of an image (that loses nothing at the edges) gets the same view,
+    and a copy with another brightness or contrast the same view with that brightness or contrast."""
     n, _, h, w = x.shape
-    above = x - x.reshape(n, -1).min(1)[:, None, None, None]  # over the background: a contrast change keeps the centroid
+    low = x.reshape(n, -1).min(1)[:, None, None, None]  # (n, 1, 1, 1): the background
+    above = x - low  # a brightness or contrast change scales it: the centroid stays
     rows, cols = above.sum(axis=(1, 3), dtype=np.float32), above.sum(axis=(1, 2), dtype=np.float32)  # (n, H), (n, W)
     mass = rows.sum(1)  # (n,)
     safe = np.where(mass > 0, mass, np.float32(1))
     dy = np.where(mass > 0, rows @ np.arange(h, dtype=np.float32) / safe - np.float32((h - 1) / 2), np.float32(0))
     dx = np.where(mass > 0, cols @ np.arange(w, dtype=np.float32) / safe - np.float32((w - 1) / 2), np.float32(0))
     along_y, along_x = centring_weights(h, dy), centring_weights(w, dx)  # (n, H, H), (n, W, W)
-    return np.einsum("nik,nckl,njl->ncij", along_y, x, along_x, optimize=True).astype(np.float32)
+    return (np.einsum("nik,nckl,njl->ncij", along_y, above, along_x, optimize=True) + low).astype(np.float32)
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, *, stride: int, padding: int) -> np.ndarray:

@@ -287,16 +287,17 @@ def standardise_images(x: torch.Tensor) -> torch.Tensor:
 
 def centre_images(x: torch.Tensor) -> torch.Tensor:
     """Images x (B, C, H, W) moved so that each one's centroid of intensity above its minimum lies
-    at the image centre (bilinear, sub-pixel, zeros shifted in); hashae.inference.centre_images is
-    the numpy twin."""
+    at the image centre (bilinear, sub-pixel, the minimum shifted in); hashae.inference.centre_images
+    is the numpy twin."""
     b, _, h, w = x.shape
-    above = x - x.flatten(1).min(1).values[:, None, None, None]  # over the background, as in numpy
+    low = x.flatten(1).min(1).values[:, None, None, None]  # (B, 1, 1, 1): the background
+    above = x - low  # a brightness or contrast change scales it: the centroid stays
     rows, cols = above.sum(dim=(1, 3)), above.sum(dim=(1, 2))  # (B, H), (B, W)
     mass = rows.sum(1)  # (B,)
     safe = torch.where(mass > 0, mass, torch.ones_like(mass))
     dy = torch.where(mass > 0, rows @ torch.arange(h, dtype=x.dtype, device=x.device) / safe - (h - 1) / 2, torch.zeros_like(mass))
     dx = torch.where(mass > 0, cols @ torch.arange(w, dtype=x.dtype, device=x.device) / safe - (w - 1) / 2, torch.zeros_like(mass))
-    return torch.einsum("bik,bckl,bjl->bcij", _centring_weights(h, dy), x, _centring_weights(w, dx))
+    return torch.einsum("bik,bckl,bjl->bcij", _centring_weights(h, dy), above, _centring_weights(w, dx)) + low
 
 
 def _centring_weights(size: int, offset: torch.Tensor) -> torch.Tensor:
