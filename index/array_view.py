@@ -102,14 +102,14 @@ class ArrayView:
         codes = check_codes(codes, nbits=self._settings.bits)
         k = min(k, self.n_items)
         if k == 0:
-            return [Neighbours([], np.empty(0, np.int64)) for _ in codes]
+            return [Neighbours.of_pairs([], dtype=np.int64) for _ in codes]
         distances, ids = self._hamming.search(codes, k=k)
         return [Neighbours(i_row, d_row.astype(np.int64)) for d_row, i_row in zip(distances, ids)]
 
     def range_hamming(self, codes: np.ndarray, *, radius: int) -> Results:
         codes = check_codes(codes, nbits=self._settings.bits)
         if not self.n_items:
-            return [Neighbours([], np.empty(0, np.int64)) for _ in codes]
+            return [Neighbours.of_pairs([], dtype=np.int64) for _ in codes]
         return [Neighbours(ids, distances.astype(np.int64)) for distances, ids in self._hamming.range_search(codes, radius=int(radius))]
 
     def search_latent(self, latents: np.ndarray, *, k: int) -> Results:

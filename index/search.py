@@ -159,7 +159,7 @@ def _through_kth_distance(view: ReadView, codes: np.ndarray, *, depth: int) -> l
             found = found[: max(depth, MAX_CANDIDATES)]
         else:
             found = found[:depth]
-        ranked.append(_Ranked(found.ids, found.distances.astype(np.int64)))
+        ranked.extend(_columns([found]))
     return ranked
 
 
