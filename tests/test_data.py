@@ -964,7 +964,7 @@ def test_a_folder_that_cannot_be_listed_is_named(tmp_path):
         "print(json.dumps([[f.relpath for f in listing.files], [[s.relpath, s.reason] for s in listing.skipped], listing.unlisted]))\n"
     )
     with unlistable(tmp_path / "closed") as run_as:
-        result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60, **run_as)
+        result = subprocess.run(run_as([sys.executable, "-c", script, str(tmp_path)]), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     files, skipped, unlisted = json.loads(result.stdout)
     assert files == ["open/1.png"]

@@ -10,9 +10,7 @@ runs the same trials for minutes).
 from __future__ import annotations
 
 import os
-import resource
 import shutil
-import signal
 import sqlite3
 import subprocess
 import uuid
@@ -23,6 +21,7 @@ import numpy as np
 import pytest
 
 from faults import ENV, REPO, Readers, Tally, add_files, committed_state, finish_and_compare, hashae, killed_runs, run_hashae
+from permissions import limited
 
 FREE_SPACE = "free some space"
 
@@ -88,14 +87,6 @@ def test_a_full_disk_is_one_line_and_loses_nothing(library_copy, tmp_path: Path)
         assert run_hashae("check", "--store", store).returncode == 0
 
 
-def _limit_file_size(limit: int):
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
 def test_a_file_size_limit_is_one_line_and_loses_nothing(library_copy) -> None:
     """RLIMIT_FSIZE: the disk-full path any user can provoke (EFBIG instead of ENOSPC)."""
     folder, store = library_copy
@@ -103,10 +94,8 @@ def test_a_file_size_limit_is_one_line_and_loses_nothing(library_copy) -> None:
     add_files(folder, batch=1, good=150, rng=np.random.default_rng(1))
     limit = (store / "catalogue.db").stat().st_size + 4096
     for extra in ([], ["--retrain", "--epochs", "1"]):
-        done = subprocess.run(
-            hashae("index", folder, "--store", store, "-q", "--executor", "sequential", *extra),
-            capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300, preexec_fn=_limit_file_size(limit),
-        )  # fmt: skip
+        command = hashae("index", folder, "--store", store, "-q", "--executor", "sequential", *extra)
+        done = subprocess.run(limited(command, file_size_limit=limit), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
         line = one_error_line(done)
         assert FREE_SPACE in line, line
     assert committed_state(store) == before

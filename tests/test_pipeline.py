@@ -337,7 +337,7 @@ def test_items_of_a_folder_that_cannot_be_listed_are_kept(library_copy):
     draw_images(folder, 3, seed=8, prefix="new")
     command = [sys.executable, "-m", "hashae.cli.main", "index", str(folder), "--store", str(store), "-q", "--json", "--executor", "sequential"]
     with unlistable(folder / hidden) as run_as:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, **run_as)
+        result = subprocess.run(run_as(command), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["indexed"], summary["removed"]) == (3, 0)
