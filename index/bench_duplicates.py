@@ -262,6 +262,9 @@ def load_data(options: DuplicatesBenchOptions) -> _Data:
 def run_duplicates_bench(options: DuplicatesBenchOptions, *, report: Reporter | None = None) -> DuplicatesBenchResult:
     """Measure every asked method on every asked transform (see the module docstring)."""
     started = time.perf_counter()
+    hashae_modes = [m for m in options.methods if m in HASHAE_MODES]
+    # the store is checked before minutes of baselines, not after them
+    store_dirs = _store_model_dirs(options.store) if hashae_modes and options.store is not None else {}
     data = load_data(options)
     result = DuplicatesBenchResult(info={
         "database": len(data.x), "originals": len(data.originals), "queries": data.n_queries,
@@ -272,10 +275,9 @@ def run_duplicates_bench(options: DuplicatesBenchOptions, *, report: Reporter | 
     for method in options.methods:
         if method in BASELINES:
             _baseline(method, data, result, report)
-    hashae_modes = [m for m in options.methods if m in HASHAE_MODES]
     if hashae_modes:
         with tempfile.TemporaryDirectory(prefix="hashae-dup-bench-") as folder:
-            encoders = _hashae_encoders(options, data, Path(folder), report, result)
+            encoders = _hashae_encoders(options, store_dirs, data, Path(folder), report, result)
             _hashae(hashae_modes, encoders, data, result, report)
     result.info["seconds"] = round(time.perf_counter() - started, 1)
     result.info["machine"] = f"{platform.machine()}, python {platform.python_version()}"
@@ -320,15 +322,15 @@ class _Encoders:
     source: str
 
 
-def _hashae_encoders(options: DuplicatesBenchOptions, data: _Data, folder: Path, report, result) -> _Encoders:
+def _hashae_encoders(options: DuplicatesBenchOptions, store_dirs: dict[str, Path], data: _Data, folder: Path, report, result) -> _Encoders:
+    """store_dirs: the store's checkpoint folder per role ({} without --store)."""
     from hashae.inference import InferenceEncoder
 
     folders = {"hashing": options.hashing_model, "latent": options.latent_model}
     sources = {role: f"checkpoint {path}" for role, path in folders.items() if path is not None}
-    if options.store is not None and None in folders.values():
-        for role, path in _store_model_dirs(options.store).items():
-            if folders[role] is None:
-                folders[role], sources[role] = path, f"store {options.store}"
+    for role, path in store_dirs.items():
+        if folders[role] is None:
+            folders[role], sources[role] = path, f"store {options.store}"
     for role, kind, size in (("hashing", "hashing", options.bits), ("latent", "vae", options.latent_dim)):
         if folders[role] is None:
             from hashae.index.bench.encoders import train_encoder
