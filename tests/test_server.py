@@ -186,6 +186,44 @@ def test_duplicate_documents_are_kept_per_generation_and_threshold(store):
         assert again is not first and again == first
 
 
+def test_concurrent_asks_for_one_threshold_compute_it_once_and_a_failure_is_not_kept(store, monkeypatch):
+    import threading
+    import time
+
+    from hashae.index.server import engines
+
+    calls, real = [], engines.duplicates_document
+
+    def slow_document(view, *, threshold):
+        calls.append(threshold)
+        time.sleep(0.3)  # the others ask while the first computes
+        if len(calls) == 1 and threshold.radius == 1:
+            raise RuntimeError("a failed computation")
+        return real(view, threshold=threshold)
+
+    monkeypatch.setattr(engines, "duplicates_document", slow_document)
+    _, store_dir = store
+    with open_store(store_dir) as opened:
+        served = EngineHolder(opened).served
+        answers, errors = [], []
+
+        def ask(threshold):
+            try:
+                answers.append(served.duplicates(threshold))
+            except RuntimeError as err:
+                errors.append(str(err))
+
+        for threshold, expected_errors in ((Threshold(1, None), 4), (Threshold(2, None), 0)):
+            threads = [threading.Thread(target=ask, args=(threshold,)) for _ in range(4)]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+            assert len(errors) == expected_errors and calls.count(threshold) == 1
+            errors.clear()
+        assert len(answers) == 4 and all(a is answers[0] for a in answers)
+        assert served.duplicates(Threshold(1, None)) == real(served.engine.view, threshold=Threshold(1, None))  # tried again
+        assert calls.count(Threshold(1, None)) == 2
+
+
 @pytest.mark.parametrize(
     ("params", "words"),
     [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -38,7 +39,7 @@ class Served:
     labels: np.ndarray  # object (n,): the label of each id (None where unlabelled)
     label_counts: dict[str, int]
     loaded_at: str = field(default_factory=lambda: now())
-    _duplicates: dict[Threshold, dict[str, Any]] = field(default_factory=dict, repr=False)  # threshold -> document
+    _duplicates: dict[Threshold, Future] = field(default_factory=dict, repr=False)  # threshold -> its document
     _duplicates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -56,17 +57,25 @@ class Served:
 
     def duplicates(self, threshold: Threshold) -> dict[str, Any]:
         """index/duplicates.duplicates_document of this generation (a generation never changes, so
-        the answer for a threshold is computed once: a whole store takes seconds); the last
+        the answer for a threshold is computed once, by the first request; requests for the same
+        threshold meanwhile wait for it: a whole store takes seconds); the last
         DUPLICATE_THRESHOLDS_KEPT thresholds asked are kept. Treat the document as read-only."""
         with self._duplicates_lock:
-            document = self._duplicates.get(threshold)
-        if document is None:
-            document = duplicates_document(self.engine.view, threshold=threshold)
-            with self._duplicates_lock:
-                self._duplicates[threshold] = document
+            answer = self._duplicates.get(threshold)
+            computing = answer is None
+            if computing:
+                answer = self._duplicates[threshold] = Future()
                 while len(self._duplicates) > DUPLICATE_THRESHOLDS_KEPT:
-                    del self._duplicates[next(iter(self._duplicates))]  # the oldest asked
-        return document
+                    del self._duplicates[next(iter(self._duplicates))]  # the oldest asked (its waiters keep it)
+        if computing:
+            try:
+                answer.set_result(duplicates_document(self.engine.view, threshold=threshold))
+            except BaseException as err:
+                with self._duplicates_lock:  # a failure is not kept: the next request tries again
+                    if self._duplicates.get(threshold) is answer:
+                        del self._duplicates[threshold]
+                answer.set_exception(err)
+        return answer.result()
 
 
 class EngineHolder:
