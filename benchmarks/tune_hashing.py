@@ -105,6 +105,8 @@ def main() -> None:
     p.add_argument("--sparsity", type=float, default=None)
     p.add_argument("--gain-speed", type=float, default=None)
     p.add_argument("--no-corruption", action="store_true", help="no input corruption (the seed's plain recipe)")
+    p.add_argument("--standardise", type=int, choices=[0, 1], default=None, help="standardise_images (default: by shape, on for images)")
+    p.add_argument("--centre", type=int, choices=[0, 1], default=None, help="centre_images (default off for hashing)")
     p.add_argument("--k", type=int, default=recipes.NEIGHBOURS_K, help="neighbours per item")
     p.add_argument("--pca-dims", type=int, default=recipes.NEIGHBOURS_DIMS)
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N images only (quick looks)")
@@ -136,6 +138,8 @@ def main() -> None:
             "code_gain": bool(args.code_gain) if args.code_gain is not None else None,
             "sparsity": args.sparsity,
             "gain_speed": args.gain_speed,
+            "standardise_images": bool(args.standardise) if args.standardise is not None else None,
+            "centre_images": bool(args.centre) if args.centre is not None else None,
             "corruption": {"kind": "none", "strength": 0.0} if args.no_corruption else (
                 {"kind": "mask", "strength": args.mask} if args.mask is not None else None),
         }.items()
@@ -177,6 +181,8 @@ def main() -> None:
             "norm": 1 if config.code_norm else None,
             "gain": config.gain_speed if config.code_gain else None,
             "sparse": config.sparsity or None,
+            "std": 1 if config.standardise_images else None,
+            "centre": 1 if config.centre_images else None,
         }
         desc = " ".join(f"{k}={v}" for k, v in short.items() if v is not None)
         print(

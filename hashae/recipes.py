@@ -42,6 +42,7 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "seed": ("hashing", {
         "noise_max": 4.0, "hard_phase": 0.0, "code_norm": False, "code_gain": False, "balance": 0.0,
         "decorrelation": 0.0, "consistency": 0.0, "sparsity": 0.0, "corruption": Corruption("none", 0.0),
+        "standardise_images": False,
     }),
 }
 

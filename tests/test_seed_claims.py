@@ -166,7 +166,7 @@ def test_injected_noise_makes_hashing_codes_saturate(fashion, build_model, fit_m
     differs). balance is set to 10, not the default 1000 (see the note in the report: the
     batch-mean balance term also penalises the variance of each unit, i.e. saturation itself)."""
     train_x, held_out = fashion[0][:N_CLAIM_IMAGES], fashion[1]
-    seed_recipe = {"hard_phase": 0.0, "code_norm": False, "consistency": 0.0}
+    seed_recipe = {"hard_phase": 0.0, "code_norm": False, "consistency": 0.0, "standardise_images": False}
 
     def saturated_share(noise_max: float) -> float:
         model = build_model("hashing", code_size=16, hidden=(64,), noise_max=noise_max, balance=10.0, **seed_recipe)

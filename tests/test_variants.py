@@ -288,8 +288,10 @@ def test_the_config_classes_hold_the_products_defaults_and_the_shape_rules() -> 
     assert image == variants.HashingConfig(input_shape=(3, 32, 32)) and variants.make_config("hashing") == variants.HashingConfig()
     assert (image.recon_loss, image.corruption, image.pair_shift, image.decorrelation) == ("bce", variants.Corruption("mask", 0.2), 1, 0.0)
     assert (image.hidden, image.code_norm, image.hard_phase, image.consistency_kind, image.sharpen) == ((1024,), True, 1.0, "infonce", 8.0)
+    assert (image.standardise_images, image.centre_images, image.augmentation.active) == (True, False, False)
     vector = variants.make_config("hashing", input_shape=(20,), code_size=64)
     assert (vector.recon_loss, vector.corruption, vector.pair_shift) == ("mse", variants.Corruption("gaussian", 0.2), 0)
+    assert not vector.standardise_images
     assert vector.decorrelation == variants.DECORRELATION_WEIGHT
     assert variants.make_config("denoising", input_shape=(20,)).corruption == variants.Corruption("gaussian", 0.2)
     assert variants.make_config("denoising").corruption == variants.Corruption("mask", 0.3)
