@@ -58,15 +58,17 @@ def truth_for(query_x: np.ndarray, db_x: np.ndarray):
     return truth
 
 
-def pairs_for(x: np.ndarray, k: int, dims: int, seed: int) -> tuple[np.ndarray, float]:
-    """Neighbour table and the seconds it took (timed on the first computation, cached after)."""
+def pairs_for(config, x: np.ndarray, k: int, dims: int, seed: int) -> tuple[np.ndarray, float]:
+    """Neighbour table of x in the config's view (recipes.neighbour_view, as the product finds
+    them) and the seconds it took (timed on the first computation, cached after)."""
     CACHE.mkdir(exist_ok=True)
-    path = CACHE / f"pairs_n{len(x)}_k{k}_d{dims}_s{seed}.npz"  # --train-limit runs have their own
+    view = f"_c{int(config.centre_images)}s{int(config.standardise_images)}"
+    path = CACHE / f"pairs_n{len(x)}_k{k}_d{dims}_s{seed}{view}.npz"  # --train-limit runs have their own
     if path.exists():
         saved = np.load(path)
         return saved["pairs"], float(saved["seconds"])
     started = time.perf_counter()
-    pairs = neighbours.nearest(x, k=k, dims=dims, seed=seed)
+    pairs = neighbours.nearest(recipes.neighbour_view(config, x), k=k, dims=dims, seed=seed)
     seconds = time.perf_counter() - started
     np.savez(path, pairs=pairs, seconds=seconds)
     return pairs, seconds
@@ -159,7 +161,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
         pairs, pair_seconds = None, 0.0
         if config.consistency > 0:
-            pairs, pair_seconds = pairs_for(train_x, args.k, args.pca_dims, args.seed)
+            pairs, pair_seconds = pairs_for(config, train_x, args.k, args.pca_dims, args.seed)
         cpu_started = time.process_time()
         result = recipes.fit(config, train_x, train_config, pairs=pairs)
         cpu_seconds = time.process_time() - cpu_started + pair_seconds

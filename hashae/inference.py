@@ -202,10 +202,8 @@ class InferenceEncoder:
         x = np.asarray(x, dtype=np.float32)
         if x.shape[1:] != self.input_shape:
             raise CheckpointError(f"inputs of shape {x.shape[1:]} do not fit this model's input shape {self.input_shape}")
-        if self.config.get("centre_images", False):  # both absent in checkpoints older than the fields
-            x = centre_images(x)
-        if self.config.get("standardise_images", False):
-            x = standardise_images(x)
+        # both fields are absent in checkpoints older than them
+        x = image_view(x, centre=self.config.get("centre_images", False), standardise=self.config.get("standardise_images", False))
         h = (x - self.input_mean) / self.input_scale
         if self.layers and self.layers[0]["op"] == "linear":
             h = h.reshape(len(h), -1)
@@ -241,6 +239,17 @@ class InferenceEncoder:
         if op == "flatten":
             return h.reshape(len(h), -1)
         raise CheckpointError(f"layer op {op!r} cannot run in an encoder")
+
+
+def image_view(x: np.ndarray, *, centre: bool, standardise: bool) -> np.ndarray:
+    """Raw inputs x (n, *input_shape) as a model's encoder sees them before its per-feature
+    normalisation: each image centred on its centroid and standardised by its own statistics, as
+    the model's config says (x itself when it says neither)."""
+    if centre:
+        x = centre_images(x)
+    if standardise:
+        x = standardise_images(x)
+    return x
 
 
 def standardise_images(x: np.ndarray) -> np.ndarray:

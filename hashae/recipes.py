@@ -19,6 +19,7 @@ import torch
 from hashae.codes import CodeStats, code_stats
 from hashae.errors import ConfigError
 from hashae.events import Reporter, task
+from hashae.inference import image_view
 from hashae.neighbours import nearest
 from hashae.trainer import History, TrainConfig, _split_ids, train, train_config_for
 from hashae.variants import AEConfig, Autoencoder, Corruption, create, make_config
@@ -87,6 +88,13 @@ class FitResult:
         return out
 
 
+def neighbour_view(config: AEConfig, x: np.ndarray) -> np.ndarray:
+    """The inputs in which a model's label-free neighbours are found: as its encoder sees them
+    (hashae.inference.image_view; per-image standardisation lifts the 10-NN table's same-class
+    share on Fashion-MNIST from 0.814 to 0.830, and mAP@1000 by 0.004-0.005, tuning-2026-12-01.md)."""
+    return image_view(x, centre=config.centre_images, standardise=config.standardise_images)
+
+
 def fit(
     config: AEConfig,
     x: np.ndarray,
@@ -109,7 +117,7 @@ def fit(
     if model.uses_pairs and pairs is None:
         started = time.perf_counter()
         with task(report, f"finding neighbours for the {name or f'{config.kind} model'}", total=len(x)) as finding:
-            pairs = nearest(x, k=NEIGHBOURS_K, dims=NEIGHBOURS_DIMS, seed=train_config.seed)
+            pairs = nearest(neighbour_view(config, x), k=NEIGHBOURS_K, dims=NEIGHBOURS_DIMS, seed=train_config.seed)
             finding.advance(len(x))
         extra_seconds = time.perf_counter() - started
     history = train(model, x, train_config, report=report, name=name, pairs=pairs if model.uses_pairs else None)

@@ -506,3 +506,23 @@ def test_fit_default_knows_the_seeds_plain_recipe_and_reports_code_stats(fashion
     stats = fitted.summary()["code_stats"]
     assert {"saturated_share", "bit_balance_std", "mean_bit_entropy", "noise_flip_share"} <= set(stats)
     assert 0 <= stats["noise_flip_share"] <= 1
+
+
+def test_neighbours_are_found_in_the_view_the_encoder_sees(fashion, monkeypatch) -> None:
+    """A standardising model's label-free neighbours come from the standardised images: an image
+    and a darker copy of it (the same after standardisation) are each other's nearest neighbour."""
+    from hashae import recipes
+    from hashae.inference import image_view
+
+    x = fashion[0][:200].copy()
+    x[100:] = 0.4 * x[:100]  # items 100-199: darker copies of items 0-99
+    seen = []
+    real_nearest = recipes.nearest
+    monkeypatch.setattr(recipes, "nearest", lambda view, **kw: seen.append(view) or real_nearest(view, **kw))
+    config = variants.make_config("hashing", input_shape=x.shape[1:], code_size=16, hidden=(32,))
+    recipes.fit(config, x, TrainConfig(epochs=1, batch_size=64))
+    (view,) = seen
+    np.testing.assert_array_equal(view, image_view(x, centre=False, standardise=True))
+    pairs = recipes.nearest(view, k=1, dims=16)
+    assert (pairs[:100, 0] == np.arange(100, 200)).mean() > 0.95  # in raw pixels they would not be
+    assert (recipes.nearest(x, k=1, dims=16)[:100, 0] == np.arange(100, 200)).mean() < 0.5
