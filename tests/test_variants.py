@@ -403,14 +403,15 @@ def test_train_config_for_gives_hashing_its_own_rate_and_lets_given_fields_win()
     assert trainer.train_config_for("hashing", lr=1e-4).lr == 1e-4
 
 
-def test_default_hashing_config_decorrelates_long_codes_only() -> None:
+def test_default_hashing_config_decorrelates_long_codes_of_vectors_only() -> None:
     from hashae.variants import DECORRELATE_FROM_BITS
 
-    def decorrelation(bits: int, **overrides) -> float:
-        return variants.make_config("hashing", input_shape=(1, 28, 28), code_size=bits, **overrides).decorrelation
+    def decorrelation(bits: int, shape=(40,), **overrides) -> float:
+        return variants.make_config("hashing", input_shape=shape, code_size=bits, **overrides).decorrelation
 
     assert decorrelation(DECORRELATE_FROM_BITS) > 0 and decorrelation(2 * DECORRELATE_FROM_BITS) > 0
     assert decorrelation(DECORRELATE_FROM_BITS - 8) == 0
+    assert decorrelation(DECORRELATE_FROM_BITS, shape=(1, 28, 28)) == 0  # standardised images: off
     assert decorrelation(16, decorrelation=5.0) == 5.0  # an explicit setting wins
 
 
