@@ -70,7 +70,7 @@ class LocalSnapshot(GenerationView):
     def latents_of(self, ids: np.ndarray) -> np.ndarray:
         """Stored latents float32 (n, latent_dim) of these ids, in order; UnknownItemError if absent."""
         ids = as_ids(ids)
-        unknown = ids[~np.isin(ids, self.hamming.ids())]
+        unknown = ids[~self.hamming.contains(ids)]  # a position look-up: isin over every id cost 0.2 ms a hybrid query
         if len(unknown):
             raise UnknownItemError(f"ids not in generation {self.gen}: {unknown[:5].tolist()}")
         try:
