@@ -303,11 +303,13 @@ class HashingConfig(AEConfig):
     gain_speed: the gain is exp(gain_speed * a learned parameter), so an optimiser step moves its
     logarithm gain_speed times as far as another weight's (Adam's steps are about lr in size).
     standardise_images: None = by shape (choose_by_shape): on images, so the encoder sees each image
-    centred and scaled by its own mean and deviation (+0.015 mAP@1000 at 32 bits on 60k images;
-    centring the images as the VAE does cost 0.008: benchmarks/results/tuning-2026-12-01.md).
+    centred and scaled by its own mean and deviation, and its label-free neighbours are found in
+    that view (+0.020 mAP@1000 at 32 bits on 60k images; centring the images as the VAE does cost
+    0.008: benchmarks/results/tuning-2026-12-01.md).
 
     The seed's plain recipe (hashae.recipes.RECIPES["seed"], the bench's `seed` row): noise_max=4,
-    hard_phase=0, code_norm=false, code_gain=false, consistency=0, balance=0, no corruption.
+    hard_phase=0, code_norm=false, code_gain=false, consistency=0, balance=0, no corruption, no
+    image standardisation.
     """
 
     code_size: int = setting(32, positive=True, multiple_of=8)
