@@ -319,7 +319,7 @@ class HashingConfig(AEConfig):
     balance: float = setting(1000.0, at_least=0)
     decorrelation: float | None = setting(None, at_least=0)
     sparsity: float = setting(0.0, at_least=0)
-    consistency: float = setting(50.0, at_least=0)
+    consistency: float = setting(100.0, at_least=0)  # 50 -> 100: +0.010 mAP@1000 at 16 bits (tuning-2026-12-01.md)
     consistency_kind: str = setting("infonce", choices=("pull", "infonce"))
     temperature: float = setting(0.3, positive=True)
     sharpen: float = setting(8.0, at_least=1)
