@@ -39,12 +39,13 @@ from hashae.index.backends.base import ItemInfo, ReadView
 # Calibrated with `python -m hashae.index.bench_duplicates --store S` (S: a store of Fashion-MNIST's
 # 60,000 train images, 32 bits, 32-d latent, the product's default models of 2026-12-01; the table is
 # in benchmarks/results/duplicates.md): the hybrid threshold (a Hamming ball, then the latent
-# distance) holding precision >= 99.9%. Recall grows with the radius (0.215 at 0, 0.258 at 4, 0.269
-# at 8, each with latent <= 0.00862) and so does the time to list a whole store's groups (60,000
-# items: 2.3 s at 0, 4.2-4.9 s at 4, 12.7 s at 8, over the 10 s): 4 is the largest radius
-# that keeps that listing well inside it. Retraining the models moves it: measure again.
-DEFAULT_RADIUS = 4
-DEFAULT_LATENT_MAX = 0.00862
+# distance) holding precision >= 99.9%, at the smallest radius within 0.001 of the best recall:
+# radius 1 with latent <= 0.01084 finds 0.271 of the copies (radius 0: 0.230; 3: 0.271; 4-8 need a
+# tighter latent limit, 0.00862, and find 0.260-0.270). A larger radius also costs time: listing a
+# whole 60,000-item store took 2.3 s at radius 0, 4.2-4.9 s at 4 and 12.7 s at 8 (the goal
+# is 10 s). Retraining the models moves the calibration: measure again.
+DEFAULT_RADIUS = 1
+DEFAULT_LATENT_MAX = 0.01084
 CALIBRATED_BITS = 32
 LOOKUP_CHUNK = 4096  # anchor codes per range_hamming call
 
