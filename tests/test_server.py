@@ -196,7 +196,7 @@ def test_concurrent_asks_for_one_threshold_compute_it_once_and_a_failure_is_not_
 
     def slow_document(view, *, threshold):
         calls.append(threshold)
-        time.sleep(0.3)  # the others ask while the first computes
+        time.sleep(1.0)  # the others ask while the first computes
         if len(calls) == 1 and threshold.radius == 1:
             raise RuntimeError("a failed computation")
         return real(view, threshold=threshold)
@@ -206,8 +206,10 @@ def test_concurrent_asks_for_one_threshold_compute_it_once_and_a_failure_is_not_
     with open_store(store_dir) as opened:
         served = EngineHolder(opened).served
         answers, errors = [], []
+        together = threading.Barrier(4)
 
         def ask(threshold):
+            together.wait()  # the four ask at once
             try:
                 answers.append(served.duplicates(threshold))
             except RuntimeError as err:
