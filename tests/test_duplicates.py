@@ -281,13 +281,13 @@ def test_bench_runs_on_a_small_database_with_the_stores_models(duplicates_store,
     assert "Command: `the command`" in text and "### recall@1" in text and "| shift 2px |" in text and "issue 13 goals" in text
 
 
-
 def test_bench_refuses_a_missing_store_before_running_any_baseline(tmp_path, monkeypatch):
     import hashae.index.bench_duplicates as bench
 
     monkeypatch.setattr(bench, "load_data", lambda options: pytest.fail("the data was loaded before the store was checked"))
     with pytest.raises(HashaeError, match="hashae index"):
         bench.run_duplicates_bench(DuplicatesBenchOptions(store=tmp_path / "nowhere", methods=("phash", "hybrid")))
+
 
 # ----------------------------------------------------------------------------------------------
 # training for copies (issue 13): the augmentation a model's encoder sees, per-image standardisation
