@@ -41,10 +41,20 @@ def ray_cluster(tmp_path_factory):
     """A private local Ray cluster for this module; RayExecutor uses this process's connection."""
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    ray.init(
-        address="local", num_cpus=2, object_store_memory=128 << 20, include_dashboard=False,
-        _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False,
-    )  # fmt: skip
+    for attempt in (1, 2):
+        try:
+            ray.init(
+                address="local", num_cpus=2, object_store_memory=128 << 20, include_dashboard=False,
+                _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False,
+            )  # fmt: skip
+            break
+        except Exception as err:
+            # Ray waits a fixed 30 s for its raylet to register; once in a full run (2026-12-01, quiet
+            # machine) it never did and every test here errored, while this file alone passed right
+            # after: one more start before giving up (the cause was not found).
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(err):
+                raise
     yield
     ray.shutdown()
 
