@@ -373,9 +373,10 @@ def test_a_vae_checkpoint_from_before_standardisation_loads_as_it_was_trained(tm
     model = build_model("vae", input_shape=(1, 8, 8), code_size=4, hidden=(16,), standardise_images=False, centre_images=False, augmentation={})
     model.eval()
     folder = checkpoint.save(model, tmp_path / "old-vae")
-    _edit_config(folder, lambda document: [document["config"].pop(k) for k in ("standardise_images", "centre_images", "augmentation", "invariance")])
+    _edit_config(folder, lambda document: [document["config"].pop(k) for k in ("standardise_images", "centre_images", "augmentation", "invariance", "contrast", "contrast_temperature")])
     loaded = checkpoint.load(folder)
     assert loaded.config.standardise_images is False and loaded.config.centre_images is False and not loaded.config.augmentation.active
+    assert loaded.config.contrast == 0
     expected = model.embed(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(loaded.embed(torch.from_numpy(images)).numpy(), expected, atol=1e-6)
     np.testing.assert_allclose(InferenceEncoder.load(folder).embed(images), expected, atol=2e-5)

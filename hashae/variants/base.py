@@ -315,3 +315,11 @@ def split_point(values: torch.Tensor) -> torch.Tensor:
     ordered = values.sort(dim=0).values
     k = len(ordered) // 2
     return ordered[k] if len(ordered) < 2 else 0.5 * (ordered[k - 1] + ordered[k])
+
+
+def info_nce(u: torch.Tensor, v: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE of unit rows u, v (B, d): row i of u must pick row i of v among all of v's
+    rows by cosine over temperature, and the other way round (in-batch negatives)."""
+    logits = u @ v.T / temperature  # (B, B)
+    target = torch.arange(len(u), device=u.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

@@ -185,9 +185,16 @@ def choose_by_shape(config: AEConfig) -> dict[str, Any]:
     - decorrelation (hashing): DECORRELATION_WEIGHT on vectors coded in DECORRELATE_FROM_BITS bits or
       more, else 0 (images are standardised, and there it no longer pays);
     - standardise_images (vae, hashing), centre_images (vae): on images, off on anything else;
-    - augmentation (vae): the kind's IMAGE_AUGMENTATION on images, none on anything else.
+    - augmentation (vae): the kind's IMAGE_AUGMENTATION on images, none on anything else;
+    - contrast (vae): the kind's CONTRAST_WEIGHT when the (chosen) augmentation is active, else 0
+      (without an altered copy there is nothing to contrast).
     """
     vectors, images = len(config.input_shape) == 1, len(config.input_shape) == 3
+
+    def augmentation() -> Augmentation:
+        chosen = getattr(config, "augmentation", None)
+        return chosen if chosen is not None else (config.IMAGE_AUGMENTATION if images else Augmentation())
+
     rules = {
         "recon_loss": lambda: "mse" if vectors else "bce",
         "corruption": lambda: Corruption("gaussian", 0.2) if vectors else Corruption("mask", config.IMAGE_MASKING),
@@ -195,7 +202,8 @@ def choose_by_shape(config: AEConfig) -> dict[str, Any]:
         "decorrelation": lambda: DECORRELATION_WEIGHT if vectors and config.code_size >= DECORRELATE_FROM_BITS else 0.0,
         "standardise_images": lambda: images,
         "centre_images": lambda: images,
-        "augmentation": lambda: config.IMAGE_AUGMENTATION if images else Augmentation(),
+        "augmentation": augmentation,
+        "contrast": lambda: config.CONTRAST_WEIGHT if augmentation().active else 0.0,
     }
     return {name: rule() for name, rule in rules.items() if getattr(config, name, ...) is None}
 
@@ -249,12 +257,20 @@ class VAEConfig(AEConfig):
     invariance: with an augmentation, weight of mean ||mu(altered x) - mu(x)||^2, the posterior
     mean of a training image's altered copy pulled towards the image's own (an extra encoder pass;
     off: it bought nothing over the augmentation alone, duplicates-training.md);
+    contrast: with an augmentation, weight of an InfoNCE term that tells each training image's
+    altered copy from the rest of the batch by the cosine of the posterior means (copy and image
+    alike, over contrast_temperature; the extra encoder pass of the clean image is shared with
+    invariance); None = by shape: CONTRAST_WEIGHT when the augmentation is active, else 0. Unlike
+    the pull, it pushes the other images away: a copy's nearest mean becomes its original's
+    (benchmarks/results/duplicates-training.md);
     standardise_images, centre_images, augmentation: None = by shape (choose_by_shape): on images,
     each image centred and standardised and the encoder trained on IMAGE_AUGMENTATION's altered copies.
     """
 
     beta: float = setting(1.0, at_least=0)
     invariance: float = setting(0.0, at_least=0)
+    contrast: float | None = setting(None, at_least=0)
+    contrast_temperature: float = setting(0.1, positive=True)
     standardise_images: bool | None = setting(None)
     centre_images: bool | None = setting(None)
     augmentation: Augmentation | None = setting(None)
@@ -262,7 +278,10 @@ class VAEConfig(AEConfig):
     # mode), so it is trained for near-duplicates (issue 13, benchmarks/results/duplicates-training.md):
     # each image centred and standardised, its encoder shown altered copies of the bench's kinds.
     IMAGE_AUGMENTATION: ClassVar[Augmentation] = Augmentation(
-        shift=2, rotate=10, scale=0.15, brightness=0.3, contrast=0.3, half_resolution=0.4, blur=0.4, noise=0.05)
+        shift=2, rotate=10, scale=0.25, brightness=0.3, contrast=0.3, half_resolution=0.4, blur=0.4, noise=0.05)
+    CONTRAST_WEIGHT: ClassVar[float] = 10.0
+    # checkpoints saved before `contrast` existed were trained without it
+    WRITTEN_BEFORE: ClassVar[dict[str, Any]] = {**AEConfig.WRITTEN_BEFORE, "contrast": 0.0}
     kind: ClassVar[str] = "vae"
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashae.variants.base import Autoencoder
+from hashae.variants.base import Autoencoder, info_nce
 from hashae.variants.config import HashingConfig
 from hashae.variants.registry import register
 
@@ -110,11 +110,8 @@ class HashingAutoencoder(Autoencoder):
         u, v = torch.tanh(slope * self.standardise(z)), torch.tanh(slope * self.standardise(z_pair))  # (B, bits)
         if c.consistency_kind == "pull":
             return {"consistency": c.consistency * (u - v).pow(2).sum(1).mean()}
-        u, v = self.whole_batch(u), self.whole_batch(v)  # in-batch negatives from the whole global batch
-        logits = F.normalize(u, dim=1) @ F.normalize(v, dim=1).T / c.temperature  # (B, B)
-        target = torch.arange(len(u), device=u.device)
-        nce = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-        return {"consistency": c.consistency * nce}
+        u, v = self.whole_batch(F.normalize(u, dim=1)), self.whole_batch(F.normalize(v, dim=1))  # in-batch negatives from the whole global batch
+        return {"consistency": c.consistency * info_nce(u, v, c.temperature)}
 
     def penalties(self, x_in, z, h):
         c = self.config

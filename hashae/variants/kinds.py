@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from hashae.variants.base import Autoencoder
+from hashae.variants.base import Autoencoder, info_nce
 from hashae.variants.config import (
     ContractiveConfig,
     DenoisingConfig,
@@ -82,13 +83,25 @@ class VariationalAutoencoder(Autoencoder):
         return {"kl": self.config.beta * gaussian_kl(mu, logvar).mean()}
 
     def view_penalties(self, x, z_view):
-        """invariance * mean ||mu(view) - mu(x)||^2: the mean of an altered copy pulled towards the
-        clean image's (both get the gradient; the reconstruction keeps the means apart)."""
-        if not self.config.invariance:
+        """Ties the posterior mean of an altered copy, mu(view), to the clean image's mu(x):
+        invariance * mean ||mu(view) - mu(x)||^2 (both get the gradient; the reconstruction keeps
+        the means apart) and contrast * InfoNCE(mu(view), mu(x)) over the whole batch (the copy's
+        nearest mean must be its own image's, cosine over contrast_temperature)."""
+        c = self.config
+        if not (c.invariance or c.contrast):
             return {}
-        mu_view = z_view[:, : self.config.code_size]  # (B, d)
-        mu_clean = self.encode_pre(self.normalise(x))[:, : self.config.code_size]  # (B, d)
-        return {"invariance": self.config.invariance * (mu_view - mu_clean).pow(2).sum(1).mean()}
+        mu_view = z_view[:, : c.code_size]  # (B, d)
+        mu_clean = self.encode_pre(self.normalise(x))[:, : c.code_size]  # (B, d)
+        terms = {}
+        if c.invariance:
+            terms["invariance"] = c.invariance * (mu_view - mu_clean).pow(2).sum(1).mean()
+        if c.contrast:
+            u, v = self.whole_batch(F.normalize(mu_view, dim=1)), self.whole_batch(F.normalize(mu_clean, dim=1))
+            terms["contrast"] = c.contrast * info_nce(u, v, c.contrast_temperature)
+        return terms
+
+    def whole_batch_terms(self):
+        return frozenset({"contrast"} if self.config.contrast else set())
 
     def prior_sample(self, n, generator):
         return torch.randn(n, self.config.code_size, generator=generator)
