@@ -132,12 +132,16 @@ class Autoencoder(nn.Module):
         x_view = self.per_row_random(self.config.augmentation.apply, x) if self.training else x  # an altered copy
         x_in = x_clean if x_view is x and not self.config.standardise_images else self.normalise(x_view)
         x_in = self.per_row_random(self.config.corruption.apply, x_in) if self.training else x_in
-        z = self.encode_pre(x_in)  # (B, out)
+        tie_views = self.training and x_view is not x and self.ties_views
+        if tie_views:  # the altered and the clean view in one encoder pass: (2B, out)
+            z, z_clean = self.encode_pre(torch.cat([x_in, self.normalise(x)])).split(len(x))
+        else:
+            z = self.encode_pre(x_in)  # (B, out)
         h = self.latent(z, progress)  # (B, code_size)
         logits = self.decode_logits(h)  # (B, *input_shape)
         terms = {"reconstruction": self.reconstruction_loss(logits, x_clean), **self.penalties(x_in, z, h)}
-        if self.training and x_view is not x:
-            terms.update(self.view_penalties(x, z))
+        if tie_views:
+            terms.update(self.view_penalties(z, z_clean))
         if paired is not None and self.uses_pairs:
             paired_clean = self.normalise(self.per_row_random(self.pair_view, paired))
             paired_in = self.per_row_random(self.config.corruption.apply, paired_clean) if self.training else paired_clean
@@ -160,9 +164,15 @@ class Autoencoder(nn.Module):
             return fn(t)
         return self.batch_share.per_row(fn, t)
 
-    def view_penalties(self, x: torch.Tensor, z_view: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Extra weighted loss terms tying the encoder output of an augmented view z_view (B, out)
-        to the clean raw inputs x it was made from (only in training with an augmentation)."""
+    @property
+    def ties_views(self) -> bool:
+        """Whether training with an augmentation also encodes the clean inputs for view_penalties."""
+        return False
+
+    def view_penalties(self, z_view: torch.Tensor, z_clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra weighted loss terms tying the encoder output of an altered view z_view (B, out) to
+        that of the clean inputs it was made from, z_clean (B, out) (only in training with an
+        augmentation, and only when ties_views)."""
         return {}
 
     def whole_batch_terms(self) -> frozenset[str]:

@@ -279,7 +279,7 @@ class VAEConfig(AEConfig):
     # each image centred and standardised, its encoder shown altered copies of the bench's kinds.
     IMAGE_AUGMENTATION: ClassVar[Augmentation] = Augmentation(
         shift=2, rotate=10, scale=0.25, brightness=0.3, contrast=0.3, half_resolution=0.4, blur=0.4, noise=0.05)
-    CONTRAST_WEIGHT: ClassVar[float] = 10.0
+    CONTRAST_WEIGHT: ClassVar[float] = 20.0
     # checkpoints saved before `contrast` existed were trained without it
     WRITTEN_BEFORE: ClassVar[dict[str, Any]] = {**AEConfig.WRITTEN_BEFORE, "contrast": 0.0}
     kind: ClassVar[str] = "vae"

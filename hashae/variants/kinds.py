@@ -82,16 +82,17 @@ class VariationalAutoencoder(Autoencoder):
         mu, logvar = z.chunk(2, dim=1)
         return {"kl": self.config.beta * gaussian_kl(mu, logvar).mean()}
 
-    def view_penalties(self, x, z_view):
+    @property
+    def ties_views(self) -> bool:
+        return bool(self.config.invariance or self.config.contrast)
+
+    def view_penalties(self, z_view, z_clean):
         """Ties the posterior mean of an altered copy, mu(view), to the clean image's mu(x):
         invariance * mean ||mu(view) - mu(x)||^2 (both get the gradient; the reconstruction keeps
         the means apart) and contrast * InfoNCE(mu(view), mu(x)) over the whole batch (the copy's
         nearest mean must be its own image's, cosine over contrast_temperature)."""
         c = self.config
-        if not (c.invariance or c.contrast):
-            return {}
-        mu_view = z_view[:, : c.code_size]  # (B, d)
-        mu_clean = self.encode_pre(self.normalise(x))[:, : c.code_size]  # (B, d)
+        mu_view, mu_clean = z_view[:, : c.code_size], z_clean[:, : c.code_size]  # (B, d) each
         terms = {}
         if c.invariance:
             terms["invariance"] = c.invariance * (mu_view - mu_clean).pow(2).sum(1).mean()
