@@ -32,6 +32,7 @@ import numpy as np
 
 from hashae.errors import DataError
 from hashae.index.backends.base import ItemInfo, StoreBackend
+from hashae.index.calibration import Calibration, calibrate_threshold
 from hashae.index.duplicates import DEFAULT_LATENT_MAX, DuplicateGroup, DuplicateMember, asked_threshold, find_duplicate_groups
 from hashae.index.query import DEFAULT_K, Answer, QueryEngine, QueryError
 from hashae.index.settings import StoreSettings
@@ -240,8 +241,7 @@ class Store:
         return np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), dtype=np.int64)
 
     def _item(self, info: ItemInfo) -> Item:
-        file = Path(self.settings.source_root or ".") / info.path
-        return Item(id=info.id, path=info.path, label=info.label, file=file, size=info.size, added_at=info.added_at)
+        return Item(id=info.id, path=info.path, label=info.label, file=self._engine.file_of(info.path), size=info.size, added_at=info.added_at)
 
     # ------------------------------------------------------------------------- near-duplicates
     def duplicates(self, *, radius: int | None = None, latent_max: float | None = DEFAULT_LATENT_MAX) -> list[DuplicateGroup]:
@@ -260,6 +260,14 @@ class Store:
         view = self._engine.view
         threshold = asked_threshold(view.settings.bits, radius=radius, latent_max=latent_max, codes_only=latent_max is None)
         return find_duplicate_groups(view, threshold=threshold)
+
+    def calibrate_duplicates(self, *, sample: int = 1000, radius: int | None = None, precision: float = 0.999) -> Calibration:
+        """The latent limit measured on this store's own files (what `hashae duplicates --calibrate`
+        uses): `sample` of them altered in the near-duplicate bench's ways and encoded with the
+        store's models; the largest limit at `radius` whose pairs hold `precision`. Pass its
+        threshold on: duplicates(radius=c.threshold.radius, latent_max=c.threshold.latent_max).
+        Raises CalibrationError when too few files can be read or no limit reaches the precision."""
+        return calibrate_threshold(self._engine, sample=sample, radius=radius, target=precision)
 
 
 def load_model(path: str | os.PathLike) -> InferenceEncoder:

@@ -124,7 +124,11 @@ class QueryEngine:
 
     def source_path(self, hit: Hit) -> Path:
         """Where an indexed item's file lies (the folder that was indexed + its relative path)."""
-        return Path(self.settings.source_root or ".") / (hit.path or "")
+        return self.file_of(hit.path)
+
+    def file_of(self, path: str | None) -> Path:
+        """Where the file of an item's stored relative path lies (under the indexed folder)."""
+        return Path(self.settings.source_root or ".") / (path or "")
 
 
 def single_faiss_thread() -> None:

@@ -116,6 +116,16 @@ def test_duplicates_are_the_groups_hashae_duplicates_lists(store):
     assert len(opened.duplicates(radius=4, latent_max=0.0)) <= len(groups)  # the latent check only takes pairs away
 
 
+def test_a_store_measures_its_own_duplicates_threshold(store):
+    _, store_dir, opened = store
+    calibration = opened.calibrate_duplicates(sample=100, radius=3, precision=0.9)
+    assert calibration.originals == 100 and calibration.precision >= 0.9 and calibration.threshold.radius == 3
+    measured = json.loads(cli("duplicates", "--store", store_dir, "--json", "-q", "--calibrate", "--sample", 100, "--threshold", 3, "--precision", 0.9))
+    assert measured["calibration"] == calibration.as_dict()
+    groups = opened.duplicates(radius=3, latent_max=calibration.threshold.latent_max)
+    assert [group.as_dict() for group in groups] == measured["groups"]
+
+
 def test_bad_duplicate_thresholds_are_named_errors(store):
     _, _, opened = store
     with pytest.raises(DuplicatesError, match=f"between 0 and {opened.settings.bits}"):

@@ -209,6 +209,49 @@ def test_cli_table_lists_each_grouped_item(view, duplicates_store):
     assert invoke("--store", str(store), "--quiet").stderr == ""
 
 
+def test_the_best_limit_is_the_largest_that_holds_the_precision():
+    from hashae.index.calibration import CalibrationError, _best_limit
+
+    right, wrong = np.array([0.1, 0.2, 0.3, np.inf]), np.array([0.25, 5.0])  # one copy's original is outside its ball
+    strict = _best_limit(right, wrong, radius=1, target=0.999, originals=4)
+    assert strict.threshold == Threshold(1, 0.2) and strict.precision == 1.0 and strict.recall == 0.5
+    loose = _best_limit(right, wrong, radius=1, target=0.7, originals=4)
+    assert loose.threshold == Threshold(1, 0.3) and loose.precision == 0.75 and loose.recall == 0.75
+    with pytest.raises(CalibrationError, match="no latent limit at Hamming radius 1 reaches precision 0.999"):
+        _best_limit(np.array([0.5]), np.array([0.1]), radius=1, target=0.999, originals=1)
+
+
+def test_a_store_calibrates_its_threshold_on_copies_of_its_own_files(tmp_path, duplicates_store):
+    from hashae.index.calibration import CalibrationError, calibrate_threshold
+    from hashae.index.copies import TRANSFORMS
+    from hashae.index.query import QueryEngine
+
+    folder, store, _ = duplicates_store
+    with open_store(store) as opened:
+        engine = QueryEngine.open(opened)
+        calibration = calibrate_threshold(engine, target=0.9, radius=2)
+        assert calibration.threshold.radius == 2 and calibration.threshold.latent_max > 0
+        assert calibration.precision >= 0.9 and 0 < calibration.recall <= 1
+        assert calibration.originals == engine.view.n_items and calibration.copies == calibration.originals * (len(TRANSFORMS) - 1)
+        assert calibrate_threshold(engine, target=0.9, radius=2) == calibration  # seeded: the same copies
+        engine.file_of = lambda path: tmp_path / "moved" / path  # the indexed folder is gone
+        with pytest.raises(CalibrationError, match="only 0 of the .* sampled files could be read"):
+            calibrate_threshold(engine)
+
+
+def test_cli_calibrate_groups_by_the_measured_threshold(duplicates_store):
+    store = duplicates_store[1]
+    result = invoke("--store", str(store), "--json", "--calibrate", "--precision", "0.9", "--threshold", "2")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["calibration"]["threshold"] == document["threshold"] and document["threshold"]["radius"] == 2
+    assert document["calibration"]["precision"] >= 0.9
+    table = invoke("--store", str(store), "--calibrate", "--precision", "0.9", "--threshold", "2", "--quiet")
+    assert "threshold calibrated on" in table.stdout and "of the store's files: precision" in table.stdout
+    refused = invoke("--store", str(store), "--calibrate", "--latent-max", "0.1")
+    assert refused.exit_code == 2 and "--calibrate" in refused.output
+
+
 def test_cli_refuses_bad_arguments_in_one_line(tmp_path, duplicates_store):
     store = duplicates_store[1]
     assert invoke("--store", str(store), "--codes-only", "--latent-max", "0.1").exit_code == 2
