@@ -91,14 +91,15 @@ def calibrate_threshold(
 
 
 def _readable(engine: QueryEngine, chosen: np.ndarray, infos) -> tuple[list[int], list[Image.Image]]:
-    """The sampled items whose files can still be opened, and their images."""
+    """The sampled items whose files can still be opened, and their images in the models' colour
+    mode (the copies' transforms, JPEG among them, need plain greyscale or RGB)."""
+    mode = "L" if engine.settings.channels == 1 else "RGB"
     originals, images = [], []
     for item_id in chosen.tolist():
         path = engine.file_of(infos[item_id].path)
         try:
             with Image.open(path) as img:
-                img.load()
-                images.append(img.copy())
+                images.append(img.convert(mode))
         except (OSError, UnidentifiedImageError, ValueError):
             continue
         originals.append(item_id)
