@@ -32,7 +32,7 @@ import numpy as np
 
 from hashae.errors import DataError
 from hashae.index.backends.base import ItemInfo, StoreBackend
-from hashae.index.calibration import Calibration, calibrate_threshold
+from hashae.index.calibration import DEFAULT_SAMPLE, TARGET_PRECISION, Calibration, calibrate_threshold
 from hashae.index.duplicates import DEFAULT_LATENT_MAX, DuplicateGroup, DuplicateMember, asked_threshold, find_duplicate_groups
 from hashae.index.query import DEFAULT_K, Answer, QueryEngine, QueryError
 from hashae.index.settings import StoreSettings
@@ -261,7 +261,7 @@ class Store:
         threshold = asked_threshold(view.settings.bits, radius=radius, latent_max=latent_max, codes_only=latent_max is None)
         return find_duplicate_groups(view, threshold=threshold)
 
-    def calibrate_duplicates(self, *, sample: int = 1000, radius: int | None = None, precision: float = 0.999) -> Calibration:
+    def calibrate_duplicates(self, *, sample: int = DEFAULT_SAMPLE, radius: int | None = None, precision: float = TARGET_PRECISION) -> Calibration:
         """The latent limit measured on this store's own files (what `hashae duplicates --calibrate`
         uses): `sample` of them altered in the near-duplicate bench's ways and encoded with the
         store's models; the largest limit at `radius` whose pairs hold `precision`. Pass its
