@@ -19,7 +19,7 @@ def duplicates(
     threshold: int = typer.Option(None, "--threshold", "-t", help="Hamming distance in bits within which two items are copies (default: calibrated on the near-duplicate bench for precision 99.9%; the output says which).", min=0, show_default=False),
     latent_max: float = typer.Option(None, "--latent-max", help="Also require a squared distance between VAE means at most this (default: calibrated with the threshold).", min=0.0, show_default=False),
     codes_only: bool = typer.Option(False, "--codes-only", help="Group by Hamming distance alone, without the latent confirmation (looser: look-alikes join)."),
-    calibrate: bool = typer.Option(False, "--calibrate", help="Measure the latent limit for precision 99.9% on altered copies (JPEG, resize, blur, noise, shift, crop, rotation, ...) of this store's own files instead of using the bench's (about 4 s for 1,000 files)."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Measure the latent limit for --precision (99.9% by default) on altered copies (JPEG, resize, blur, noise, shift, crop, rotation, ...) of this store's own files instead of using the bench's (about 4 s for 1,000 files)."),
     # 1000: index/calibration.DEFAULT_SAMPLE, not imported here (commands import their modules when run)
     sample: int = typer.Option(1000, "--sample", help="With --calibrate: how many of the store's files to alter.", min=1),
     precision: float = typer.Option(0.999, "--precision", help="With --calibrate: the share of the pairs within the threshold that must be copies.", min=0.5, max=1.0),
