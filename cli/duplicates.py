@@ -46,7 +46,7 @@ def duplicates(
             from hashae.index.calibration import calibrate_threshold
             from hashae.index.query import QueryEngine
 
-            calibration = calibrate_threshold(QueryEngine.open(opened), sample=sample, radius=threshold, target=precision, report=report)
+            calibration = calibrate_threshold(QueryEngine.over(view, where=opened.root), sample=sample, radius=threshold, target=precision, report=report)
             asked = calibration.threshold
         else:
             asked = asked_threshold(view.settings.bits, radius=threshold, latent_max=latent_max, codes_only=codes_only)

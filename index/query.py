@@ -64,11 +64,16 @@ class QueryEngine:
     @classmethod
     def open(cls, store: StoreBackend) -> QueryEngine:
         """An engine over the store's newest committed generation; QueryError when it has no models."""
+        return cls.over(store.snapshot(), where=store.root)
+
+    @classmethod
+    def over(cls, view: ReadView, *, where: Path | str) -> QueryEngine:
+        """An engine over a generation already open (the store at `where`, named in the QueryError
+        when that generation has no models)."""
         single_faiss_thread()
-        view = store.snapshot()
         models = view.models()
         if models is None:
-            raise QueryError(f"the store at {store.root} has no trained models; run `hashae index FOLDER`")
+            raise QueryError(f"the store at {where} has no trained models; run `hashae index FOLDER`")
         return cls(view, EncoderStage.load(view.model_dir(models.hashing), view.model_dir(models.latent)))
 
     @property
