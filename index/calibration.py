@@ -75,7 +75,7 @@ def calibrate_threshold(
     if len(originals) < MIN_ORIGINALS:
         raise CalibrationError(f"only {len(originals)} of the {len(chosen)} sampled files could be read (at least {MIN_ORIGINALS} are needed); is the indexed folder still there?")
     transforms = [t for t in TRANSFORMS if t != "identity"]
-    content = {int(i): infos[int(i)].content_hash for i in ids.tolist()}
+    content = _ContentUnits(ids, infos)
     right, wrong = [], []
     with task(report, "calibrating on altered copies", total=len(transforms)) as progress:
         for transform in transforms:
@@ -84,11 +84,25 @@ def calibrate_threshold(
             balls = view.range_hamming(codes, radius=radius)
             for original, latent, ball in zip(originals, latents, balls):
                 distances = ((view.latents_of(ball.ids) - latent) ** 2).sum(1)  # (n,) squared L2
-                same = np.array([i == original or (content[int(i)] and content[int(i)] == content[original]) for i in ball.ids.tolist()], bool)
+                same = content.same_as(original, ball.ids)
                 right.append(distances[same].min() if same.any() else np.inf)
-                wrong.extend(distances[~same].tolist())
+                wrong.append(distances[~same])
             progress.advance(1)
-    return _best_limit(np.array(right), np.array(wrong), radius=radius, target=target, originals=len(originals))
+    return _best_limit(np.array(right), np.concatenate(wrong), radius=radius, target=target, originals=len(originals))
+
+
+class _ContentUnits:
+    """Which items hold the same file content (an unknown, empty content hash matches nothing)."""
+
+    def __init__(self, ids: np.ndarray, infos) -> None:
+        self.ids = np.sort(ids)
+        digests = [infos[i].content_hash or f"unknown {i}" for i in self.ids.tolist()]
+        self.unit = np.unique(digests, return_inverse=True)[1]  # (n,) one number per content
+
+    def same_as(self, original: int, candidates: np.ndarray) -> np.ndarray:
+        """bool (len(candidates),): each candidate is the original or has its file content."""
+        unit = self.unit[np.searchsorted(self.ids, np.append(candidates, original))]
+        return unit[:-1] == unit[-1]
 
 
 def _readable(engine: QueryEngine, chosen: np.ndarray, infos) -> tuple[list[int], list[Image.Image]]:

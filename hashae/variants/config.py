@@ -259,8 +259,8 @@ class VAEConfig(AEConfig):
     off: it bought nothing over the augmentation alone, duplicates-training.md);
     contrast: with an augmentation, weight of an InfoNCE term that tells each training image's
     altered copy from the rest of the batch by the cosine of the posterior means (copy and image
-    alike, over contrast_temperature; the extra encoder pass of the clean image is shared with
-    invariance); None = by shape: CONTRAST_WEIGHT when the augmentation is active, else 0. Unlike
+    alike, over contrast_temperature; the clean images go through the encoder in one batch with
+    their altered copies, a pass shared with invariance); None = by shape: CONTRAST_WEIGHT when the augmentation is active, else 0. Unlike
     the pull, it pushes the other images away: a copy's nearest mean becomes its original's
     (benchmarks/results/duplicates-training.md);
     standardise_images, centre_images, augmentation: None = by shape (choose_by_shape): on images,
