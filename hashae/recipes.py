@@ -92,7 +92,7 @@ def neighbour_view(config: AEConfig, x: np.ndarray) -> np.ndarray:
     """The inputs in which a model's label-free neighbours are found: as its encoder sees them
     (hashae.inference.image_view; per-image standardisation lifts the 10-NN table's same-class
     share on Fashion-MNIST from 0.814 to 0.830, and mAP@1000 by 0.004-0.005, tuning-2026-12-01.md)."""
-    return image_view(x, centre=config.centre_images, standardise=config.standardise_images)
+    return image_view(x, centre=config.centre_images, standardise=config.standardise_images, scale=config.scale_images)
 
 
 def fit(

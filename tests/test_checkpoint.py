@@ -344,9 +344,9 @@ def test_a_hashing_checkpoint_from_before_the_learned_gain_still_loads(saved: Pa
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
-@pytest.mark.parametrize("view", ["standardise_images", "centre_images"])
+@pytest.mark.parametrize("view", ["standardise_images", "centre_images", "scale_images"])
 def test_the_numpy_encoder_sees_each_image_as_the_torch_model_does(tmp_path: Path, build_model, arch: str, view: str) -> None:
-    """Per-image standardisation and centring: hashae.inference and the torch model agree."""
+    """Per-image standardisation, centring and zoom: hashae.inference and the torch model agree."""
     rng = np.random.default_rng(0)
     images = np.zeros((16, 1, 8, 8), np.float32)
     images[:, :, 1:6, 2:7] = rng.uniform(0, 1, (16, 1, 5, 5)) * np.linspace(0.2, 1, 16, dtype=np.float32)[:, None, None, None]
@@ -354,7 +354,7 @@ def test_the_numpy_encoder_sees_each_image_as_the_torch_model_does(tmp_path: Pat
     shape = {"hidden": (4, 8), "dense": 16} if arch == "conv" else {"hidden": (16,)}
     latents = {}
     for on in (True, False):
-        views = {"standardise_images": False, "centre_images": False, view: on}
+        views = {"standardise_images": False, "centre_images": view == "scale_images", "scale_images": False, view: on}
         model = build_model("vae", input_shape=(1, 8, 8), code_size=4, arch=arch, augmentation={}, **shape, **views)
         model.fit_normalisation(images)
         model.eval()
@@ -373,9 +373,11 @@ def test_a_vae_checkpoint_from_before_standardisation_loads_as_it_was_trained(tm
     model = build_model("vae", input_shape=(1, 8, 8), code_size=4, hidden=(16,), standardise_images=False, centre_images=False, augmentation={})
     model.eval()
     folder = checkpoint.save(model, tmp_path / "old-vae")
-    _edit_config(folder, lambda document: [document["config"].pop(k) for k in ("standardise_images", "centre_images", "augmentation", "invariance", "contrast", "contrast_temperature")])
+    issue_13_fields = ("standardise_images", "centre_images", "scale_images", "augmentation", "invariance", "contrast", "contrast_temperature")
+    _edit_config(folder, lambda document: [document["config"].pop(k) for k in issue_13_fields])
     loaded = checkpoint.load(folder)
     assert loaded.config.standardise_images is False and loaded.config.centre_images is False and not loaded.config.augmentation.active
+    assert loaded.config.scale_images is False
     assert loaded.config.contrast == 0
     expected = model.embed(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(loaded.embed(torch.from_numpy(images)).numpy(), expected, atol=1e-6)

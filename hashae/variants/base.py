@@ -10,13 +10,15 @@ A variant changes the pass only through small hooks (see hashae.variants):
 
 Input corruption and augmentation (a copy's alterations, on the raw image) are config fields of
 every variant, applied before the encoder with the loss taken against the clean input; images
-may also be centred on their centroid (`centre_images`, encoder and target alike) and standardised
+may also be centred on their centroid and zoomed to a common spread (`centre_images`,
+`scale_images`, encoder and target alike) and standardised
 by their own statistics (`standardise_images`, the encoder's view only). The trainer reads only
 `Output.loss`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,7 +29,7 @@ from torch import nn
 
 from hashae import nets
 from hashae.errors import ConfigError
-from hashae.inference import IMAGE_VARIANCE_FLOOR
+from hashae.inference import IMAGE_VARIANCE_FLOOR, INK_FLOOR, SPREAD_SHARE, ZOOM_LIMITS
 from hashae.variants.config import AEConfig
 
 
@@ -100,19 +102,19 @@ class Autoencoder(nn.Module):
     # -- shared pass ----------------------------------------------------------------------------
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's view of raw inputs x (B, *input_shape): each image centred on its centroid
-        and standardised by its own mean and deviation when the config says so, then each feature
+        (and zoomed to a common spread) and standardised by its own mean and deviation when the config says so, then each feature
         normalised by the fitted statistics (hashae.inference does the same in numpy)."""
         if self.config.centre_images:
-            x = centre_images(x)
+            x = centre_images(x, scale=self.config.scale_images)
         if self.config.standardise_images:
             x = standardise_images(x)
         return (x - self.input_mean) / self.input_scale
 
     def target(self, x: torch.Tensor) -> torch.Tensor:
-        """What the decoder reconstructs: raw inputs x (centred when the config says so, not
-        standardised) normalised per feature."""
+        """What the decoder reconstructs: raw inputs x (centred and zoomed when the config says so,
+        not standardised) normalised per feature."""
         if self.config.centre_images:
-            x = centre_images(x)
+            x = centre_images(x, scale=self.config.scale_images)
         return (x - self.input_mean) / self.input_scale
 
     def encode_pre(self, x_norm: torch.Tensor) -> torch.Tensor:
@@ -295,10 +297,10 @@ def standardise_images(x: torch.Tensor) -> torch.Tensor:
     return ((flat - mean) / torch.sqrt(var + IMAGE_VARIANCE_FLOOR)).reshape(x.shape)
 
 
-def centre_images(x: torch.Tensor) -> torch.Tensor:
+def centre_images(x: torch.Tensor, *, scale: bool = False) -> torch.Tensor:
     """Images x (B, C, H, W) moved so that each one's centroid of intensity above its minimum lies
-    at the image centre (bilinear, sub-pixel, the minimum shifted in); hashae.inference.centre_images
-    is the numpy twin."""
+    at the image centre (bilinear, sub-pixel, the minimum shifted in), and with `scale` zoomed
+    about it to a common spread (spread_zoom); hashae.inference.centre_images is the numpy twin."""
     b, _, h, w = x.shape
     low = x.flatten(1).min(1).values[:, None, None, None]  # (B, 1, 1, 1): the background
     above = x - low  # a brightness or contrast change scales it: the centroid stays
@@ -307,15 +309,35 @@ def centre_images(x: torch.Tensor) -> torch.Tensor:
     safe = torch.where(mass > 0, mass, torch.ones_like(mass))
     dy = torch.where(mass > 0, rows @ torch.arange(h, dtype=x.dtype, device=x.device) / safe - (h - 1) / 2, torch.zeros_like(mass))
     dx = torch.where(mass > 0, cols @ torch.arange(w, dtype=x.dtype, device=x.device) / safe - (w - 1) / 2, torch.zeros_like(mass))
-    return torch.einsum("bik,bckl,bjl->bcij", _centring_weights(h, dy), above, _centring_weights(w, dx)) + low
+    zoom = spread_zoom(x, dy + (h - 1) / 2, dx + (w - 1) / 2) if scale else torch.ones_like(mass)
+    return torch.einsum("bik,bckl,bjl->bcij", _centring_weights(h, dy, zoom), above, _centring_weights(w, dx, zoom)) + low
 
 
-def _centring_weights(size: int, offset: torch.Tensor) -> torch.Tensor:
-    """(B, size, size): output i takes the input at i + offset (triangle kernel), as
-    hashae.inference.centring_weights."""
+def spread_zoom(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
+    """Per image of x (B, C, H, W), the zoom (B,) bringing the RMS radius of its ink (intensity above
+    INK_FLOOR of its range) about (cy, cx) to SPREAD_SHARE * sqrt(H * W), within ZOOM_LIMITS; as
+    hashae.inference.spread_zoom."""
+    b, _, h, w = x.shape
+    flat = x.flatten(1)
+    low, high = flat.min(1).values, flat.max(1).values  # (B,) each
+    ink = torch.clamp(x - (low + INK_FLOOR * (high - low))[:, None, None, None], min=0)
+    rows, cols = ink.sum(dim=(1, 3)), ink.sum(dim=(1, 2))  # (B, H), (B, W)
+    mass = rows.sum(1)
+    safe = torch.where(mass > 0, mass, torch.ones_like(mass))
+    dy = torch.arange(h, dtype=x.dtype, device=x.device)[None, :] - cy[:, None]  # (B, H)
+    dx = torch.arange(w, dtype=x.dtype, device=x.device)[None, :] - cx[:, None]  # (B, W)
+    radius = torch.sqrt(((rows * dy * dy).sum(1) + (cols * dx * dx).sum(1)) / safe)
+    zoom = torch.clamp(SPREAD_SHARE * math.sqrt(h * w) / torch.clamp(radius, min=1e-3), *ZOOM_LIMITS)
+    return torch.where(mass > 0, zoom, torch.ones_like(zoom))
+
+
+def _centring_weights(size: int, offset: torch.Tensor, zoom: torch.Tensor) -> torch.Tensor:
+    """(B, size, size): output i takes the input at c + (i - c) / zoom + offset (triangle kernel,
+    c the centre), as hashae.inference.centring_weights."""
     positions = torch.arange(size, dtype=offset.dtype, device=offset.device)
-    gap = positions[None, None, :] - positions[None, :, None] - offset[:, None, None]  # (B, out i, in k)
-    return torch.clamp(1 - gap.abs(), min=0)
+    centre = (size - 1) / 2
+    source = centre + (positions[None, :] - centre) / zoom[:, None] + offset[:, None]  # (B, out i)
+    return torch.clamp(1 - (positions[None, None, :] - source[:, :, None]).abs(), min=0)
 
 
 def split_point(values: torch.Tensor) -> torch.Tensor:

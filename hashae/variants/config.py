@@ -113,7 +113,10 @@ class AEConfig:
     normalisation, so a global brightness or contrast change does not reach the code; the
     reconstruction target stays the image. centre_images: images only: each image moved (sub-pixel,
     bilinear) so its intensity centroid lies at the centre, for the encoder and the reconstruction
-    target alike (hashae.inference.centre_images), so a shifted copy gets the same view. augmentation: images only: what the encoder's training
+    target alike (hashae.inference.centre_images), so a shifted copy gets the same view.
+    scale_images: with centre_images: each image also zoomed about its centroid so its ink spreads
+    over a common share of the frame (hashae.inference.spread_zoom), so a cropped or padded copy
+    gets (nearly) the same view. augmentation: images only: what the encoder's training
     view alters (see Augmentation; off by default). corruption: noise on the normalised view.
 
     WRITTEN_BEFORE: the value a field had in effect in checkpoints saved before the field existed
@@ -131,10 +134,11 @@ class AEConfig:
     corruption: Corruption = setting(Corruption())
     standardise_images: bool = setting(False)
     centre_images: bool = setting(False)
+    scale_images: bool = setting(False)
     augmentation: Augmentation = setting(Augmentation())
 
     kind: ClassVar[str] = ""
-    WRITTEN_BEFORE: ClassVar[dict[str, Any]] = {"standardise_images": False, "centre_images": False, "augmentation": {}}
+    WRITTEN_BEFORE: ClassVar[dict[str, Any]] = {"standardise_images": False, "centre_images": False, "scale_images": False, "augmentation": {}}
     # TrainConfig fields this kind trains best with (over TrainConfig's own defaults)
     TRAINING: ClassVar[dict[str, Any]] = {}
 
@@ -155,6 +159,8 @@ class AEConfig:
         images = len(self.input_shape) == 3
         if (self.standardise_images or self.centre_images or self.augmentation.active) and not images:
             raise ConfigError(f"{self.kind} config: standardise_images, centre_images and augmentation need image input (C, H, W), got shape {self.input_shape}")
+        if self.scale_images and not self.centre_images:
+            raise ConfigError(f"{self.kind} config: scale_images zooms each image about its centroid and needs centre_images")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (kind included)."""
@@ -185,6 +191,7 @@ def choose_by_shape(config: AEConfig) -> dict[str, Any]:
     - decorrelation (hashing): DECORRELATION_WEIGHT on vectors coded in DECORRELATE_FROM_BITS bits or
       more, else 0 (images are standardised, and there it no longer pays);
     - standardise_images (vae, hashing), centre_images (vae): on images, off on anything else;
+    - scale_images (vae): on images that are centred, off on anything else;
     - augmentation (vae): the kind's IMAGE_AUGMENTATION on images, none on anything else;
     - contrast (vae): the kind's CONTRAST_WEIGHT when the (chosen) augmentation is active, else 0
       (without an altered copy there is nothing to contrast).
@@ -202,6 +209,7 @@ def choose_by_shape(config: AEConfig) -> dict[str, Any]:
         "decorrelation": lambda: DECORRELATION_WEIGHT if vectors and config.code_size >= DECORRELATE_FROM_BITS else 0.0,
         "standardise_images": lambda: images,
         "centre_images": lambda: images,
+        "scale_images": lambda: images and config.centre_images is not False,  # it zooms about the centroid
         "augmentation": augmentation,
         "contrast": lambda: config.CONTRAST_WEIGHT if augmentation().active else 0.0,
     }
@@ -263,8 +271,9 @@ class VAEConfig(AEConfig):
     their altered copies, a pass shared with invariance); None = by shape: CONTRAST_WEIGHT when the augmentation is active, else 0. Unlike
     the pull, it pushes the other images away: a copy's nearest mean becomes its original's
     (benchmarks/results/duplicates-training.md);
-    standardise_images, centre_images, augmentation: None = by shape (choose_by_shape): on images,
-    each image centred and standardised and the encoder trained on IMAGE_AUGMENTATION's altered copies.
+    standardise_images, centre_images, scale_images, augmentation: None = by shape (choose_by_shape):
+    on images, each image centred, zoomed to a common spread and standardised, and the encoder
+    trained on IMAGE_AUGMENTATION's altered copies.
     """
 
     beta: float = setting(1.0, at_least=0)
@@ -273,10 +282,11 @@ class VAEConfig(AEConfig):
     contrast_temperature: float = setting(0.1, positive=True)
     standardise_images: bool | None = setting(None)
     centre_images: bool | None = setting(None)
+    scale_images: bool | None = setting(None)
     augmentation: Augmentation | None = setting(None)
     # Images: the VAE orders equal and nearby codes (hamming ties, the hybrid re-rank, latent
     # mode), so it is trained for near-duplicates (issue 13, benchmarks/results/duplicates-training.md):
-    # each image centred and standardised, its encoder shown altered copies of the bench's kinds.
+    # each image centred, zoomed and standardised, its encoder shown altered copies of the bench's kinds.
     IMAGE_AUGMENTATION: ClassVar[Augmentation] = Augmentation(
         shift=2, rotate=10, scale=0.25, brightness=0.3, contrast=0.3, half_resolution=0.4, blur=0.4, noise=0.05)
     CONTRAST_WEIGHT: ClassVar[float] = 20.0
