@@ -11,9 +11,8 @@ A variant changes the pass only through small hooks (see hashae.variants):
 Input corruption and augmentation (a copy's alterations, on the raw image) are config fields of
 every variant, applied before the encoder with the loss taken against the clean input; images
 may also be centred on their centroid and zoomed to a common spread (`centre_images`,
-`scale_images`, encoder and target alike) and standardised
-by their own statistics (`standardise_images`, the encoder's view only). The trainer reads only
-`Output.loss`.
+`scale_images`, encoder and target alike) and standardised by their own statistics
+(`standardise_images`, the encoder's view only). The trainer reads only `Output.loss`.
 """
 
 from __future__ import annotations
@@ -102,8 +101,9 @@ class Autoencoder(nn.Module):
     # -- shared pass ----------------------------------------------------------------------------
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's view of raw inputs x (B, *input_shape): each image centred on its centroid
-        (and zoomed to a common spread) and standardised by its own mean and deviation when the config says so, then each feature
-        normalised by the fitted statistics (hashae.inference does the same in numpy)."""
+        (and zoomed to a common spread) and standardised by its own mean and deviation when the
+        config says so, then each feature normalised by the fitted statistics (hashae.inference
+        does the same in numpy)."""
         if self.config.centre_images:
             x = centre_images(x, scale=self.config.scale_images)
         if self.config.standardise_images:
@@ -317,7 +317,7 @@ def spread_zoom(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor) -> torch.Te
     """Per image of x (B, C, H, W), the zoom (B,) bringing the RMS radius of its ink (intensity above
     INK_FLOOR of its range) about (cy, cx) to SPREAD_SHARE * sqrt(H * W), within ZOOM_LIMITS; as
     hashae.inference.spread_zoom."""
-    b, _, h, w = x.shape
+    h, w = x.shape[-2:]
     flat = x.flatten(1)
     low, high = flat.min(1).values, flat.max(1).values  # (B,) each
     ink = torch.clamp(x - (low + INK_FLOOR * (high - low))[:, None, None, None], min=0)
