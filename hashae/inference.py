@@ -285,14 +285,14 @@ def centring_weights(size: int, offset: np.ndarray, zoom: np.ndarray | None = No
     return np.maximum(np.float32(0), np.float32(1) - np.abs(positions[None, None, :] - source[:, :, None]))
 
 
-def spread_zoom(x: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> np.ndarray:
-    """Per image of x (n, C, H, W) float32, the zoom (n,) that brings the RMS radius of its ink
-    about the centroid (cy, cx) to SPREAD_SHARE * sqrt(H * W), within ZOOM_LIMITS (1 for an image
-    without ink): a cropped or padded copy gets the framing of its original."""
-    n, _, h, w = x.shape
-    flat = x.reshape(n, -1)
-    low, high = flat.min(1), flat.max(1)
-    ink = np.maximum(x - (low + np.float32(INK_FLOOR) * (high - low))[:, None, None, None], np.float32(0))
+def spread_zoom(above: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> np.ndarray:
+    """Per image of above (n, C, H, W) float32, intensities above each image's minimum, the zoom
+    (n,) that brings the RMS radius of its ink about the centroid (cy, cx) to SPREAD_SHARE *
+    sqrt(H * W), within ZOOM_LIMITS (1 for an image without ink): a cropped or padded copy gets the
+    framing of its original."""
+    n, _, h, w = above.shape
+    top = above.reshape(n, -1).max(1)  # (n,): the image's range
+    ink = np.maximum(above - (np.float32(INK_FLOOR) * top)[:, None, None, None], np.float32(0))
     rows, cols = ink.sum(axis=(1, 3), dtype=np.float32), ink.sum(axis=(1, 2), dtype=np.float32)  # (n, H), (n, W)
     mass = rows.sum(1)
     safe = np.where(mass > 0, mass, np.float32(1))
@@ -319,7 +319,7 @@ def centre_images(x: np.ndarray, *, scale: bool = False) -> np.ndarray:
     safe = np.where(mass > 0, mass, np.float32(1))
     dy = np.where(mass > 0, rows @ np.arange(h, dtype=np.float32) / safe - np.float32((h - 1) / 2), np.float32(0))
     dx = np.where(mass > 0, cols @ np.arange(w, dtype=np.float32) / safe - np.float32((w - 1) / 2), np.float32(0))
-    zoom = spread_zoom(x, dy + np.float32((h - 1) / 2), dx + np.float32((w - 1) / 2)) if scale else None
+    zoom = spread_zoom(above, dy + np.float32((h - 1) / 2), dx + np.float32((w - 1) / 2)) if scale else None
     along_y, along_x = centring_weights(h, dy, zoom), centring_weights(w, dx, zoom)  # (n, H, H), (n, W, W)
     return (np.einsum("nik,nckl,njl->ncij", along_y, above, along_x, optimize=True) + low).astype(np.float32)
 

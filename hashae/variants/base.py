@@ -309,23 +309,22 @@ def centre_images(x: torch.Tensor, *, scale: bool = False) -> torch.Tensor:
     safe = torch.where(mass > 0, mass, torch.ones_like(mass))
     dy = torch.where(mass > 0, rows @ torch.arange(h, dtype=x.dtype, device=x.device) / safe - (h - 1) / 2, torch.zeros_like(mass))
     dx = torch.where(mass > 0, cols @ torch.arange(w, dtype=x.dtype, device=x.device) / safe - (w - 1) / 2, torch.zeros_like(mass))
-    zoom = spread_zoom(x, dy + (h - 1) / 2, dx + (w - 1) / 2) if scale else torch.ones_like(mass)
+    zoom = spread_zoom(above, dy + (h - 1) / 2, dx + (w - 1) / 2) if scale else torch.ones_like(mass)
     return torch.einsum("bik,bckl,bjl->bcij", _centring_weights(h, dy, zoom), above, _centring_weights(w, dx, zoom)) + low
 
 
-def spread_zoom(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
-    """Per image of x (B, C, H, W), the zoom (B,) bringing the RMS radius of its ink (intensity above
-    INK_FLOOR of its range) about (cy, cx) to SPREAD_SHARE * sqrt(H * W), within ZOOM_LIMITS; as
-    hashae.inference.spread_zoom."""
-    h, w = x.shape[-2:]
-    flat = x.flatten(1)
-    low, high = flat.min(1).values, flat.max(1).values  # (B,) each
-    ink = torch.clamp(x - (low + INK_FLOOR * (high - low))[:, None, None, None], min=0)
+def spread_zoom(above: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
+    """Per image of above (B, C, H, W), intensities above each image's minimum, the zoom (B,)
+    bringing the RMS radius of its ink (intensity above INK_FLOOR of its range) about (cy, cx) to
+    SPREAD_SHARE * sqrt(H * W), within ZOOM_LIMITS; as hashae.inference.spread_zoom."""
+    h, w = above.shape[-2:]
+    top = above.flatten(1).max(1).values  # (B,): the image's range
+    ink = torch.clamp(above - (INK_FLOOR * top)[:, None, None, None], min=0)
     rows, cols = ink.sum(dim=(1, 3)), ink.sum(dim=(1, 2))  # (B, H), (B, W)
     mass = rows.sum(1)
     safe = torch.where(mass > 0, mass, torch.ones_like(mass))
-    dy = torch.arange(h, dtype=x.dtype, device=x.device)[None, :] - cy[:, None]  # (B, H)
-    dx = torch.arange(w, dtype=x.dtype, device=x.device)[None, :] - cx[:, None]  # (B, W)
+    dy = torch.arange(h, dtype=above.dtype, device=above.device)[None, :] - cy[:, None]  # (B, H)
+    dx = torch.arange(w, dtype=above.dtype, device=above.device)[None, :] - cx[:, None]  # (B, W)
     radius = torch.sqrt(((rows * dy * dy).sum(1) + (cols * dx * dx).sum(1)) / safe)
     zoom = torch.clamp(SPREAD_SHARE * math.sqrt(h * w) / torch.clamp(radius, min=1e-3), *ZOOM_LIMITS)
     return torch.where(mass > 0, zoom, torch.ones_like(zoom))
