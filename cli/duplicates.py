@@ -16,10 +16,10 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def duplicates(
-    threshold: int = typer.Option(None, "--threshold", "-t", help="Hamming distance in bits within which two items are copies (default: calibrated on the near-duplicate bench for precision 99.9%; the output says which).", min=0, show_default=False),
-    latent_max: float = typer.Option(None, "--latent-max", help="Also require a squared distance between VAE means at most this (default: calibrated with the threshold).", min=0.0, show_default=False),
+    threshold: int = typer.Option(None, "--threshold", "-t", help="Hamming distance in bits within which two items are copies (default: the radius the threshold is calibrated at for precision 99.9%; the output says which).", min=0, show_default=False),
+    latent_max: float = typer.Option(None, "--latent-max", help="Also require a squared distance between VAE means at most this (default: this store's own limit, measured on first use on altered copies of its files and kept with its models; the bench's where it cannot be measured).", min=0.0, show_default=False),
     codes_only: bool = typer.Option(False, "--codes-only", help="Group by Hamming distance alone, without the latent confirmation (looser: look-alikes join)."),
-    calibrate: bool = typer.Option(False, "--calibrate", help="Measure the latent limit for --precision (99.9% by default) on altered copies (JPEG, resize, blur, noise, shift, crop, rotation, ...) of this store's own files instead of using the bench's (about 4 s for 1,000 files)."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Measure the latent limit for --precision (99.9% by default) on altered copies (JPEG, resize, blur, noise, shift, crop, rotation, ...) of this store's own files again now (about 8 s for 1,000 files); at the default radius, sample and precision it is kept as the store's default."),
     # 1000: index/calibration.DEFAULT_SAMPLE, not imported here (commands import their modules when run)
     sample: int = typer.Option(1000, "--sample", help="With --calibrate: how many of the store's files to alter.", min=1),
     precision: float = typer.Option(0.999, "--precision", help="With --calibrate: the share of the pairs within the threshold that must be copies.", min=0.5, max=1.0),
@@ -32,7 +32,9 @@ def duplicates(
     earliest file; every member is within the threshold of the anchor."""
     from hashae.cli.progress import reporter
     from hashae.index.backends import open_store
-    from hashae.index.duplicates import asked_threshold, duplicates_document
+    from hashae.index.calibration import duplicates_threshold, measure_threshold
+    from hashae.index.duplicates import duplicates_document
+    from hashae.index.query import QueryEngine
 
     if codes_only and latent_max is not None:
         raise typer.BadParameter("give either --codes-only or --latent-max", param_hint="--codes-only")
@@ -41,18 +43,12 @@ def duplicates(
     started = time.perf_counter()
     with open_store(store_path(store)) as opened, reporter(quiet) as report:  # not short-lived: many look-ups
         view = opened.snapshot()
-        calibration = None
+        engine = QueryEngine.over(view, where=opened.root)
         if calibrate:
-            from hashae.index.calibration import calibrate_threshold
-            from hashae.index.query import QueryEngine
-
-            calibration = calibrate_threshold(QueryEngine.over(view, where=opened.root), sample=sample, radius=threshold, target=precision, report=report)
-            asked = calibration.threshold
+            chosen = measure_threshold(engine, sample=sample, radius=threshold, target=precision, report=report)
         else:
-            asked = asked_threshold(view.settings.bits, radius=threshold, latent_max=latent_max, codes_only=codes_only)
-        document = duplicates_document(view, threshold=asked, report=report)
-    if calibration is not None:
-        document["calibration"] = calibration.as_dict()
+            chosen = duplicates_threshold(engine, radius=threshold, latent_max=latent_max, codes_only=codes_only, report=report)
+        document = {**duplicates_document(view, threshold=chosen.threshold, report=report), **chosen.as_dict()}
     document["seconds"] = round(time.perf_counter() - started, 3)
     if as_json:
         print_json(document)
@@ -74,6 +70,8 @@ def print_table(document: dict) -> None:
     if "calibration" in document:
         c = document["calibration"]
         typer.echo(f"threshold calibrated on {c['copies']} altered copies of {c['originals']} of the store's files: precision {c['precision']:.4f}, {c['recall']:.0%} of the copies found")
+    elif document["threshold_source"] == "bench":
+        typer.echo(f"threshold calibrated on the near-duplicate bench (Fashion-MNIST){'; ' + document['threshold_note'] if 'threshold_note' in document else ''}")
     if not document["groups"]:
         return
     typer.echo(f"{'group':>5}  {'id':>7}  {'hamming':>7}  {'latent':>8}  {'match':<6} path")

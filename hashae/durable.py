@@ -27,3 +27,15 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_synced(path: Path, data: bytes) -> None:
+    """Replace path's contents with data crash-safely: a temporary file beside it, fsynced, renamed
+    over it, the folder fsynced (a reader sees the old file or the new one, never a part)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write_synced(temporary, data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    fsync_folder(path.parent)

@@ -32,8 +32,8 @@ import numpy as np
 
 from hashae.errors import DataError
 from hashae.index.backends.base import ItemInfo, StoreBackend
-from hashae.index.calibration import DEFAULT_SAMPLE, TARGET_PRECISION, Calibration, calibrate_threshold
-from hashae.index.duplicates import DEFAULT_LATENT_MAX, DuplicateGroup, DuplicateMember, asked_threshold, find_duplicate_groups
+from hashae.index.calibration import DEFAULT_SAMPLE, TARGET_PRECISION, Calibration, duplicates_threshold, measure_threshold
+from hashae.index.duplicates import DuplicateGroup, DuplicateMember, DuplicatesError, find_duplicate_groups
 from hashae.index.query import DEFAULT_K, Answer, QueryEngine, QueryError
 from hashae.index.settings import StoreSettings
 from hashae.inference import InferenceEncoder
@@ -244,30 +244,34 @@ class Store:
         return Item(id=info.id, path=info.path, label=info.label, file=self._engine.file_of(info.path), size=info.size, added_at=info.added_at)
 
     # ------------------------------------------------------------------------- near-duplicates
-    def duplicates(self, *, radius: int | None = None, latent_max: float | None = DEFAULT_LATENT_MAX) -> list[DuplicateGroup]:
+    def duplicates(self, *, radius: int | None = None, latent_max: float | None = None, codes_only: bool = False) -> list[DuplicateGroup]:
         """Every group of near-duplicate items of this generation: what `hashae duplicates` lists.
 
-        radius: the Hamming distance in bits within which two items are copies (default: the
-        threshold calibrated on the near-duplicate bench, for this store's code length).
-        latent_max: also require a squared L2 distance between VAE means at most this (default: the
-        calibrated limit); None groups by the codes alone (looser: look-alikes join).
+        radius: the Hamming distance in bits within which two items are copies (default: the radius
+        the threshold is calibrated at, for this store's code length).
+        latent_max: also require a squared L2 distance between VAE means at most this (default: this
+        store's own limit, measured on first use on altered copies of its files and kept with its
+        models, index/calibration.store_threshold; the bench's where it cannot be measured).
+        codes_only: group by the codes alone, without the latent check (looser: look-alikes join).
         Each group is anchored on its earliest file: group.anchor is members[0], then the other
         members nearest first, each with id, path, hamming and latent (its distances to the anchor)
         and exact (the same file content as the anchor, grouped whatever the threshold). Groups of
         one are left out; groups come earliest anchor first. Raises DuplicatesError for a radius
-        outside 0..bits or a negative latent_max.
+        outside 0..bits, a negative latent_max, or latent_max with codes_only.
         """
-        view = self._engine.view
-        threshold = asked_threshold(view.settings.bits, radius=radius, latent_max=latent_max, codes_only=latent_max is None)
-        return find_duplicate_groups(view, threshold=threshold)
+        if codes_only and latent_max is not None:
+            raise DuplicatesError("give either codes_only or latent_max, not both")
+        chosen = duplicates_threshold(self._engine, radius=radius, latent_max=latent_max, codes_only=codes_only)
+        return find_duplicate_groups(self._engine.view, threshold=chosen.threshold)
 
     def calibrate_duplicates(self, *, sample: int = DEFAULT_SAMPLE, radius: int | None = None, precision: float = TARGET_PRECISION) -> Calibration:
-        """The latent limit measured on this store's own files (what `hashae duplicates --calibrate`
-        uses): `sample` of them altered in the near-duplicate bench's ways and encoded with the
-        store's models; the largest limit at `radius` whose pairs hold `precision`. Pass its
-        threshold on: duplicates(radius=c.threshold.radius, latent_max=c.threshold.latent_max).
+        """The latent limit measured again now on this store's own files (what `hashae duplicates
+        --calibrate` does): `sample` of them altered in the near-duplicate bench's ways and encoded
+        with the store's models; the largest limit at `radius` whose pairs hold `precision`. At the
+        defaults it becomes the store's own threshold (what duplicates() uses); else pass it on:
+        duplicates(radius=c.threshold.radius, latent_max=c.threshold.latent_max).
         Raises CalibrationError when too few files can be read or no limit reaches the precision."""
-        return calibrate_threshold(self._engine, sample=sample, radius=radius, target=precision)
+        return measure_threshold(self._engine, sample=sample, radius=radius, target=precision).calibration
 
 
 def load_model(path: str | os.PathLike) -> InferenceEncoder:

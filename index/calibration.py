@@ -11,29 +11,54 @@ the item is the copy's original or has the same file content.
 
     calibration = calibrate_threshold(QueryEngine.open(store))
     find_duplicate_groups(view, threshold=calibration.threshold)
+
+What `hashae duplicates`, Store.duplicates and the page use by default is the store's own
+calibration (store_threshold): measured on first use for the store's current models, kept in
+SAVED_FILE beside the VAE's checkpoint (a new pair of models has its own folder, so a retrain
+measures again), and measured again when the store has grown or shrunk RESIZE_FACTOR times. Why not
+the bench's threshold everywhere: a model trained on other images puts copies at other latent
+distances. The bench's limit (0.1478) held precision 0.9992 on the bench's own 60,000-image store
+but 0.9975 on the 6,000-image `make demo` store, whose own 99.9% limit is 0.039 (2026-12-01).
+
+    chosen = duplicates_threshold(engine)                # chosen.threshold, chosen.source
 """
 
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from hashae.errors import HashaeError
+from hashae.decode import loaded_image
+from hashae.durable import replace_synced
+from hashae.errors import DataError, HashaeError
 from hashae.events import Reporter, task
+from hashae.index.backends.base import ReadView
 from hashae.index.copies import TRANSFORMS, make_copies
-from hashae.index.duplicates import Threshold, check_threshold, default_threshold
+from hashae.index.duplicates import Threshold, asked_threshold, check_threshold, default_threshold
 from hashae.index.query import QueryEngine
 
 TARGET_PRECISION = 0.999
 DEFAULT_SAMPLE = 1000  # files altered: 200 gave a 99.9% limit of 0.20, 500 0.22, 1,000 0.15 on the bench's store
 MIN_ORIGINALS = 10  # fewer readable files than this measure nothing worth trusting
+ORIGINAL_SIDE_FACTOR = 4  # originals are altered at most this many times the models' input side
+SAVED_FILE = "duplicates-calibration.json"  # beside the VAE's checkpoint: the store's own threshold
+RESIZE_FACTOR = 2  # a kept calibration is measured again once the store holds this many times more (or fewer) items
+_measuring = threading.Lock()  # one measurement at a time (the server's first requests wait for it)
 
 
 class CalibrationError(HashaeError):
     """The store cannot be calibrated (too few readable files, or no limit reaches the precision)."""
+
+
+class UnreadableFilesError(CalibrationError):
+    """Too few of the sampled files can be read (the indexed folder moved or is not mounted)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +76,32 @@ class Calibration:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "threshold": self.threshold.as_dict()}
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> Calibration:
+        return cls(**{**document, "threshold": Threshold(**document["threshold"])})
+
+
+@dataclass(frozen=True)
+class ChosenThreshold:
+    """The threshold a duplicates search uses and where it comes from. source: "store" (the store's
+    own calibration), "bench" (the default calibrated on the near-duplicate bench) or "asked" (the
+    caller's). calibration: the store's measurement behind a "store" threshold; note: why the
+    bench's default stands in for the store's own (it could not be measured)."""
+
+    threshold: Threshold
+    source: str
+    calibration: Calibration | None = None
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """What a duplicates document says about its threshold (beside "threshold" itself)."""
+        document: dict[str, Any] = {"threshold_source": self.source}
+        if self.calibration is not None:
+            document["calibration"] = self.calibration.as_dict()
+        if self.note:
+            document["threshold_note"] = self.note
+        return document
 
 
 def calibrate_threshold(
@@ -73,7 +124,7 @@ def calibrate_threshold(
     chosen = np.sort(np.random.default_rng(seed).choice(ids, size=min(sample, len(ids)), replace=False))
     originals, images = _readable(engine, chosen, infos)
     if len(originals) < MIN_ORIGINALS:
-        raise CalibrationError(f"only {len(originals)} of the {len(chosen)} sampled files could be read (at least {MIN_ORIGINALS} are needed); is the indexed folder still there?")
+        raise UnreadableFilesError(f"only {len(originals)} of the {len(chosen)} sampled files could be read (at least {MIN_ORIGINALS} are needed); is the indexed folder still there?")
     transforms = [t for t in TRANSFORMS if t != "identity"]
     content = _ContentUnits(ids, infos)
     right, wrong = [], []
@@ -91,6 +142,103 @@ def calibrate_threshold(
     return _best_limit(np.array(right), np.concatenate(wrong), radius=radius, target=target, originals=len(originals))
 
 
+def duplicates_threshold(
+    engine: QueryEngine,
+    *,
+    radius: int | None = None,
+    latent_max: float | None = None,
+    codes_only: bool = False,
+    report: Reporter | None = None,
+) -> ChosenThreshold:
+    """The threshold of a duplicates search as asked: the caller's latent limit (or none, codes_only)
+    when given; at the default radius, the store's own calibration (store_threshold); at another
+    radius, the bench's latent limit (the store's was measured at the default radius). Raises
+    DuplicatesError for a radius or limit that cannot apply."""
+    bits = engine.settings.bits
+    if codes_only or latent_max is not None:
+        return ChosenThreshold(asked_threshold(bits, radius=radius, latent_max=latent_max, codes_only=codes_only), "asked")
+    if radius is not None and radius != default_threshold(bits).radius:
+        return ChosenThreshold(asked_threshold(bits, radius=radius), "bench")
+    return store_threshold(engine, report=report)
+
+
+def store_threshold(engine: QueryEngine, *, report: Reporter | None = None) -> ChosenThreshold:
+    """The store's own threshold: calibrate_threshold at the defaults (radius, sample, precision),
+    measured the first time it is asked for the store's current models (seconds: about 8 s for
+    1,000 files) and kept in SAVED_FILE; measured again when the store has grown or shrunk
+    RESIZE_FACTOR times since. Where it cannot be measured (too few readable files, no limit
+    reaching the precision) the bench's default stands in, and the reason is kept too, so a store
+    is not measured again on every call; unreadable files are not kept as a reason (the folder may
+    be back next time). A store that cannot be written to is measured each time."""
+    view = engine.view
+    with _measuring:
+        record = _kept_record(view)
+        if record is None:
+            record = _measured_record(engine, report)
+            if not record.get("unreadable"):
+                _keep(view, record)
+    if "calibration" in record:
+        calibration = Calibration.from_dict(record["calibration"])
+        return ChosenThreshold(calibration.threshold, "store", calibration)
+    return ChosenThreshold(default_threshold(view.settings.bits), "bench", note=f"this store's own threshold could not be measured: {record['error']}")
+
+
+def measure_threshold(
+    engine: QueryEngine,
+    *,
+    sample: int = DEFAULT_SAMPLE,
+    radius: int | None = None,
+    target: float = TARGET_PRECISION,
+    report: Reporter | None = None,
+) -> ChosenThreshold:
+    """calibrate_threshold now (`hashae duplicates --calibrate`), kept as the store's own threshold
+    when made at store_threshold's defaults (radius, sample, precision). Raises CalibrationError."""
+    calibration = calibrate_threshold(engine, sample=sample, radius=radius, target=target, report=report)
+    if (calibration.threshold.radius, sample, target) == (default_threshold(engine.settings.bits).radius, DEFAULT_SAMPLE, TARGET_PRECISION):
+        _keep(engine.view, {**_record_head(engine.view), "calibration": calibration.as_dict()})
+    return ChosenThreshold(calibration.threshold, "store", calibration)
+
+
+def _record_head(view: ReadView) -> dict[str, Any]:
+    models = view.models()
+    return {
+        "hashing_model": models.hashing.id, "latent_model": models.latent.id, "items": view.n_items,
+        "generation": view.gen, "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _measured_record(engine: QueryEngine, report: Reporter | None) -> dict[str, Any]:
+    head = _record_head(engine.view)
+    try:
+        return {**head, "calibration": calibrate_threshold(engine, report=report).as_dict()}
+    except CalibrationError as error:
+        return {**head, "error": str(error), "unreadable": isinstance(error, UnreadableFilesError)}
+
+
+def _saved_path(view: ReadView) -> Path:
+    return view.model_dir(view.models().latent) / SAVED_FILE
+
+
+def _keep(view: ReadView, record: dict[str, Any]) -> None:
+    try:
+        replace_synced(_saved_path(view), json.dumps(record, indent=1).encode())
+    except OSError:
+        pass  # a read-only store: the measurement still serves this call
+
+
+def _kept_record(view: ReadView) -> dict[str, Any] | None:
+    """The record kept for the view's models, when it was measured on a store of about its size."""
+    try:
+        record = json.loads(_saved_path(view).read_text())
+        models, items = view.models(), max(view.n_items, 1)
+        same_models = (record["hashing_model"], record["latent_model"]) == (models.hashing.id, models.latent.id)
+        similar_size = max(items, record["items"]) < RESIZE_FACTOR * max(min(items, record["items"]), 1)
+        usable = "error" in record or Calibration.from_dict(record["calibration"]).threshold.latent_max is not None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if same_models and similar_size and usable else None
+
+
 class _ContentUnits:
     """Which items hold the same file content (an unknown, empty content hash matches nothing)."""
 
@@ -106,16 +254,19 @@ class _ContentUnits:
 
 
 def _readable(engine: QueryEngine, chosen: np.ndarray, infos) -> tuple[list[int], list[Image.Image]]:
-    """The sampled items whose files can still be opened, and their images in the models' colour
-    mode (the copies' transforms, JPEG among them, need plain greyscale or RGB)."""
-    mode = "L" if engine.settings.channels == 1 else "RGB"
+    """The sampled items whose files can still be read, and their images upright (EXIF) in the
+    models' colour mode (the copies' transforms, JPEG among them, need plain greyscale or RGB),
+    scaled down to at most ORIGINAL_SIDE_FACTOR times the models' input side: the decoder squashes
+    every copy to that side anyway, and a thousand full-size photos would not fit in memory."""
+    settings = engine.settings
+    mode, side = ("L" if settings.channels == 1 else "RGB"), ORIGINAL_SIDE_FACTOR * settings.image_size
     originals, images = [], []
     for item_id in chosen.tolist():
-        path = engine.file_of(infos[item_id].path)
         try:
-            with Image.open(path) as img:
+            with loaded_image(engine.file_of(infos[item_id].path), draft=(mode, side)) as (img, _):
+                img.thumbnail((side, side))
                 images.append(img.convert(mode))
-        except (OSError, UnidentifiedImageError, ValueError):
+        except DataError:
             continue
         originals.append(item_id)
     return originals, images

@@ -20,6 +20,10 @@ DEFAULT_RADIUS). On 32-bit codes a Hamming threshold alone cannot reach that pre
 codes of a collection share many values (20,676 distinct codes for 60,000 items), so the latent
 confirmation is what makes a group a group of copies rather than of look-alikes.
 
+That default is what find_duplicate_groups uses when given no threshold. `hashae duplicates`, the
+Python API and the page use a store's own limit instead, measured on altered copies of its files
+(index/calibration.store_threshold), and fall back to this one where it cannot be measured.
+
     groups = find_duplicate_groups(view)                 # view: a ReadView (store.snapshot())
     groups = find_duplicate_groups(view, threshold=Threshold(radius=3, latent_max=None))
     duplicates_document(view)                            # JSON-ready: the CLI's --json, the page

@@ -107,7 +107,7 @@ def test_duplicates_are_the_groups_hashae_duplicates_lists(store):
     assert [group.as_dict() for group in opened.duplicates()] == default["groups"]
     # the calibrated threshold groups no pair of these 200 distinct images: a loose codes-only one does
     loose = json.loads(cli("duplicates", "--store", store_dir, "--json", "-q", "--codes-only", "--threshold", 4))
-    groups = opened.duplicates(radius=4, latent_max=None)
+    groups = opened.duplicates(radius=4, codes_only=True)
     assert groups and [group.as_dict() for group in groups] == loose["groups"]
     ids = set(opened.ids().tolist())
     for group in groups:
@@ -132,6 +132,8 @@ def test_bad_duplicate_thresholds_are_named_errors(store):
         opened.duplicates(radius=opened.settings.bits + 1)
     with pytest.raises(DuplicatesError, match="non-negative"):
         opened.duplicates(latent_max=-1.0)
+    with pytest.raises(DuplicatesError, match="either codes_only or latent_max"):
+        opened.duplicates(latent_max=0.1, codes_only=True)
 
 
 def test_load_model_encodes_arrays(store):

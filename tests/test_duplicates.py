@@ -187,7 +187,7 @@ def test_cli_json_is_the_document_of_the_python_api(view, duplicates_store):
     result = invoke("--store", str(store), "--json", "--threshold", "4", "--latent-max", "0.5")
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert document.pop("seconds") >= 0
+    assert document.pop("seconds") >= 0 and document.pop("threshold_source") == "asked"
     assert document == duplicates_document(view, threshold=Threshold(4, 0.5))
     assert document["threshold"] == {"radius": 4, "latent_max": 0.5}
     assert all({"id", "path", "hamming", "latent", "exact"} == set(m) for g in document["groups"] for m in g["members"])
@@ -250,6 +250,80 @@ def test_cli_calibrate_groups_by_the_measured_threshold(duplicates_store):
     assert "threshold calibrated on" in table.stdout and "of the store's files: precision" in table.stdout
     refused = invoke("--store", str(store), "--calibrate", "--latent-max", "0.1")
     assert refused.exit_code == 2 and "--calibrate" in refused.output
+
+
+def test_a_store_measures_its_own_threshold_once_and_keeps_it_with_its_models(duplicates_store, monkeypatch):
+    from hashae.index import calibration as module
+    from hashae.index.query import QueryEngine
+
+    store = duplicates_store[1]
+    measured = []
+    real = module.calibrate_threshold
+
+    def measure(engine, **kw):  # at precision 0.9: this store's 1-epoch models reach no 0.999 limit
+        measured.append(kw)
+        return real(engine, **{**kw, "target": 0.9})
+
+    monkeypatch.setattr(module, "calibrate_threshold", measure)
+    with open_store(store) as opened:
+        engine = QueryEngine.open(opened)
+        kept = engine.view.model_dir(engine.view.models().latent) / module.SAVED_FILE
+        kept.unlink(missing_ok=True)
+        chosen = module.store_threshold(engine)
+        assert chosen.source == "store" and chosen.calibration.threshold == chosen.threshold
+        assert chosen.threshold.radius == default_threshold(engine.settings.bits).radius and chosen.calibration.precision >= 0.9
+        assert module.store_threshold(engine) == chosen and len(measured) == 1  # kept: not measured again
+        record = json.loads(kept.read_text())
+        assert (record["latent_model"], record["items"]) == (engine.view.models().latent.id, engine.view.n_items)
+
+        # what the CLI, the API and the page use by default
+        document = json.loads(invoke("--store", str(store), "--json", "-q").stdout)
+        assert document["threshold"] == chosen.threshold.as_dict() and document["threshold_source"] == "store"
+        assert document["calibration"] == chosen.calibration.as_dict() and len(measured) == 1
+        assert "threshold calibrated on" in invoke("--store", str(store), "-q").stdout
+        assert invoke("--store", str(store), "--json", "-q", "-t", "3").stdout.count('"threshold_source": "bench"') == 1
+
+        # another pair of models, or a store twice the size, is measured again
+        kept.write_text(json.dumps({**record, "latent_model": record["latent_model"] + 1}))
+        assert module.store_threshold(engine) == chosen and len(measured) == 2
+        kept.write_text(json.dumps({**record, "items": 2 * record["items"]}))
+        assert module.store_threshold(engine) == chosen and len(measured) == 3
+        kept.write_text("{not json")
+        assert module.store_threshold(engine) == chosen and len(measured) == 4
+
+        # a store that cannot be calibrated falls back to the bench's threshold, and keeps the reason
+        def refuse(engine, **kw):
+            measured.append(kw)
+            raise module.CalibrationError("no latent limit at Hamming radius 4 reaches precision 0.999")
+
+        monkeypatch.setattr(module, "calibrate_threshold", refuse)
+        kept.unlink()
+        fallback = module.store_threshold(engine)
+        assert fallback.source == "bench" and fallback.threshold == default_threshold(engine.settings.bits)
+        assert "no latent limit" in fallback.note and module.store_threshold(engine) == fallback and len(measured) == 5
+        # ... but not unreadable files: the folder may be back next time
+        engine.file_of = lambda path: store / "moved" / path
+        monkeypatch.setattr(module, "calibrate_threshold", real)
+        kept.unlink()
+        gone = module.store_threshold(engine)
+        assert gone.source == "bench" and "could be read" in gone.note and not kept.exists()
+        kept.unlink(missing_ok=True)
+
+
+def test_calibration_alters_large_photos_scaled_down_and_upright(tmp_path):
+    from types import SimpleNamespace
+
+    from hashae.index.calibration import ORIGINAL_SIDE_FACTOR, _readable
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: shown rotated by 90 degrees
+    Image.new("RGB", (1200, 900), (200, 30, 30)).save(tmp_path / "photo.jpg", "JPEG", exif=exif.tobytes())
+    (tmp_path / "broken.jpg").write_bytes(b"not a picture")
+    engine = SimpleNamespace(settings=SimpleNamespace(image_size=32, channels=3), file_of=lambda path: tmp_path / path)
+    infos = {1: SimpleNamespace(path="photo.jpg"), 2: SimpleNamespace(path="broken.jpg"), 3: SimpleNamespace(path="gone.png")}
+    originals, images = _readable(engine, np.array([1, 2, 3]), infos)
+    side = ORIGINAL_SIDE_FACTOR * 32
+    assert originals == [1] and images[0].mode == "RGB" and images[0].size == (side * 3 // 4, side)  # upright: taller than wide
 
 
 def test_cli_refuses_bad_arguments_in_one_line(tmp_path, duplicates_store):

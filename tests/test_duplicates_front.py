@@ -40,6 +40,7 @@ def test_cli_api_and_server_give_the_same_groups(store_with_copies):
     with Server(store) as running, httpx.Client(base_url=running.url, timeout=60) as http:
         answer = http.get("/api/duplicates").json()
     assert answer["threshold"] == document["threshold"] and answer["total_groups"] == len(document["groups"])
+    assert answer["threshold_source"] == document["threshold_source"] in ("store", "bench")  # the store's own, measured once
     for group in answer["groups"]:
         for member in group["members"]:
             assert member.pop("label") == member["path"].split("/")[0]  # the first folder: the class, or "copies"

@@ -11,7 +11,8 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hashae.index.backends.base import ItemInfo
-from hashae.index.duplicates import DEFAULT_LATENT_MAX, DuplicatesError, asked_threshold
+from hashae.index.calibration import duplicates_threshold
+from hashae.index.duplicates import DuplicatesError
 from hashae.index.query import DEFAULT_K, QUERY_MODES, TIE_ORDERS, Answer
 from hashae.index.server.engines import EngineHolder, Served, now
 from hashae.index.server.errors import answer_or_error, one_line
@@ -152,7 +153,7 @@ def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> 
     )
     def duplicates(
         radius: int | None = Query(None, ge=0, description="Hamming distance in bits within which two items are copies (default: the threshold calibrated for precision 99.9%)."),
-        latent_max: float | None = Query(None, ge=0, description=f"Also require a squared distance between VAE means at most this (default {DEFAULT_LATENT_MAX:g}, calibrated with the radius)."),
+        latent_max: float | None = Query(None, ge=0, description="Also require a squared distance between VAE means at most this (default: the store's own limit, measured on the first such request on altered copies of its files and kept with its models; threshold_source says which)."),
         codes_only: bool = Query(False, description="Group by Hamming distance alone, without the latent check (looser: look-alikes join)."),
         limit: int = Query(DEFAULT_GROUPS, ge=1, le=MAX_GROUPS, description="At most this many groups, earliest anchor first."),
         members: int = Query(DEFAULT_MEMBERS, ge=1, le=MAX_MEMBERS, description="At most this many members of a group: its anchor, then the nearest."),
@@ -162,10 +163,10 @@ def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> 
 
         def work(served: Served) -> dict[str, Any]:
             try:
-                threshold = asked_threshold(served.engine.settings.bits, radius=radius, latent_max=latent_max, codes_only=codes_only)
+                chosen = duplicates_threshold(served.engine, radius=radius, latent_max=latent_max, codes_only=codes_only)
             except DuplicatesError as error:
                 raise HTTPException(status_code=400, detail=one_line(error)) from None
-            document = served.duplicates(threshold)
+            document = {**served.duplicates(chosen.threshold), **chosen.as_dict()}
             groups = [
                 {**group, "members": [{**member, "label": served.label_of(member["id"])} for member in group["members"][:members]]}
                 for group in document["groups"][:limit]
