@@ -22,6 +22,8 @@ def info(store: Path = StoreOption, as_json: bool = JsonOption) -> None:
 
     with open_store(store_path(store)) as opened:
         document = opened.info()
+        if not document["empty"]:
+            document["duplicates_threshold"] = _duplicates_threshold(opened.root, document)
     if as_json:
         print_json(document)
         return
@@ -38,6 +40,7 @@ def info(store: Path = StoreOption, as_json: bool = JsonOption) -> None:
         for role, model in document["models"].items():
             if model:
                 echo(f"{role:<11} {_describe_model(model)}")
+        echo(f"duplicates  {_describe_threshold(document['duplicates_threshold'])}")
     skipped = document["skipped"]
     if skipped or not document["empty"]:
         echo(f"skipped     {len(skipped)}")
@@ -45,6 +48,25 @@ def info(store: Path = StoreOption, as_json: bool = JsonOption) -> None:
         echo(f"  {printable(entry['path'])}: {printable(entry['reason'])}")
     if len(skipped) > SKIPPED_SHOWN:
         echo(f"  ... and {len(skipped) - SKIPPED_SHOWN} more (--json lists all)")
+
+
+def _duplicates_threshold(root: Path, document: dict) -> dict | None:
+    """The store's own duplicates threshold as kept for its models (None: not measured yet)."""
+    from hashae.index.calibration import kept_threshold
+
+    models = document["models"]
+    kept = kept_threshold(Path(root) / models["latent"]["dir"], model_ids=(models["hashing"]["id"], models["latent"]["id"]), items=document["items"], bits=document["bits"])
+    return None if kept is None else {"threshold": kept.threshold.as_dict(), **kept.as_dict()}
+
+
+def _describe_threshold(kept: dict | None) -> str:
+    if kept is None:
+        return "threshold not measured yet (the first `hashae duplicates` measures it on altered copies of the store's files)"
+    limit = f"Hamming <= {kept['threshold']['radius']}, latent <= {kept['threshold']['latent_max']:.4g}"
+    if kept["threshold_source"] == "store":
+        c = kept["calibration"]
+        return f"{limit} (measured on {c['copies']} altered copies of the store's files: precision {c['precision']:.4f}, {c['recall']:.0%} of the copies found)"
+    return f"{limit}, the bench's ({kept['threshold_note']})"
 
 
 def _describe_model(model: dict) -> str:

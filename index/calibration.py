@@ -177,10 +177,23 @@ def store_threshold(engine: QueryEngine, *, report: Reporter | None = None) -> C
             record = _measured_record(engine, report)
             if not record.get("unreadable"):
                 _keep(view, record)
+    return _chosen(record, view.settings.bits)
+
+
+def kept_threshold(latent_dir: Path, *, model_ids: tuple[int, int], items: int, bits: int) -> ChosenThreshold | None:
+    """The store's own threshold as kept in the VAE's checkpoint folder for the (hashing, latent)
+    model ids and a store of `items` items, without measuring anything (None: not measured yet, or
+    measured on a store of another size): what `hashae info` shows (from the catalogue alone, so
+    a Milvus store's server is not started for it)."""
+    record = _record_at(latent_dir / SAVED_FILE, model_ids, items)
+    return None if record is None else _chosen(record, bits)
+
+
+def _chosen(record: dict[str, Any], bits: int) -> ChosenThreshold:
     if "calibration" in record:
         calibration = Calibration.from_dict(record["calibration"])
         return ChosenThreshold(calibration.threshold, "store", calibration)
-    return ChosenThreshold(default_threshold(view.settings.bits), "bench", note=f"this store's own threshold could not be measured: {record['error']}")
+    return ChosenThreshold(default_threshold(bits), "bench", note=f"this store's own threshold could not be measured: {record['error']}")
 
 
 def measure_threshold(
@@ -228,10 +241,15 @@ def _keep(view: ReadView, record: dict[str, Any]) -> None:
 
 def _kept_record(view: ReadView) -> dict[str, Any] | None:
     """The record kept for the view's models, when it was measured on a store of about its size."""
+    models = view.models()
+    return _record_at(_saved_path(view), (models.hashing.id, models.latent.id), view.n_items)
+
+
+def _record_at(path: Path, model_ids: tuple[int, int], items: int) -> dict[str, Any] | None:
     try:
-        record = json.loads(_saved_path(view).read_text())
-        models, items = view.models(), max(view.n_items, 1)
-        same_models = (record["hashing_model"], record["latent_model"]) == (models.hashing.id, models.latent.id)
+        record = json.loads(path.read_text())
+        same_models = (record["hashing_model"], record["latent_model"]) == tuple(model_ids)
+        items = max(items, 1)
         similar_size = max(items, record["items"]) < RESIZE_FACTOR * max(min(items, record["items"]), 1)
         usable = "error" in record or Calibration.from_dict(record["calibration"]).threshold.latent_max is not None
     except (OSError, ValueError, KeyError, TypeError):

@@ -269,7 +269,10 @@ def test_a_store_measures_its_own_threshold_once_and_keeps_it_with_its_models(du
         engine = QueryEngine.open(opened)
         kept = engine.view.model_dir(engine.view.models().latent) / module.SAVED_FILE
         kept.unlink(missing_ok=True)
+        info = lambda: CliRunner().invoke(app, ["info", "--store", str(store)]).stdout  # noqa: E731
+        assert "duplicates  threshold not measured yet" in info()
         chosen = module.store_threshold(engine)
+        assert f"latent <= {chosen.threshold.latent_max:.4g} (measured on" in info()
         assert chosen.source == "store" and chosen.calibration.threshold == chosen.threshold
         assert chosen.threshold.radius == default_threshold(engine.settings.bits).radius and chosen.calibration.precision >= 0.9
         assert module.store_threshold(engine) == chosen and len(measured) == 1  # kept: not measured again
