@@ -87,6 +87,13 @@ def decode_image_with_channels(
         return _pixels(img, size=size, channels=channels), 1 if header_mode in GRAY_MODES else 3
 
 
+def image_pixels(img: Image.Image, *, size: int, channels: int) -> np.ndarray:
+    """An image already in memory as decode_image gives the same image read from a lossless file:
+    float32 (channels, size, size) in [0, 1]."""
+    check_image_args(size=size, channels=channels)
+    return _pixels(img, size=size, channels=channels)
+
+
 @contextmanager
 def loaded_image(
     source: str | os.PathLike | bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, draft: tuple[str | None, int] | None = None

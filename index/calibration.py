@@ -40,7 +40,7 @@ from hashae.durable import replace_synced
 from hashae.errors import DataError, HashaeError
 from hashae.events import Reporter, task
 from hashae.index.backends.base import ReadView
-from hashae.index.copies import TRANSFORMS, make_copies
+from hashae.index.copies import TRANSFORMS, alter
 from hashae.index.duplicates import Threshold, asked_threshold, check_threshold, default_threshold
 from hashae.index.query import QueryEngine
 
@@ -130,7 +130,7 @@ def calibrate_threshold(
     right, wrong = [], []
     with task(report, "calibrating on altered copies", total=len(transforms)) as progress:
         for transform in transforms:
-            pixels = np.stack([engine.decode(data) for data in make_copies(images, transform, seed=seed)])
+            pixels = np.stack([engine.decode_altered(copy) for copy in alter(images, transform, seed=seed)])
             codes, latents = engine.encode(pixels)
             balls = view.range_hamming(codes, radius=radius)
             for original, latent, ball in zip(originals, latents, balls):
@@ -164,8 +164,8 @@ def duplicates_threshold(
 
 def store_threshold(engine: QueryEngine, *, report: Reporter | None = None) -> ChosenThreshold:
     """The store's own threshold: calibrate_threshold at the defaults (radius, sample, precision),
-    measured the first time it is asked for the store's current models (seconds: about 8 s for
-    1,000 files) and kept in SAVED_FILE; measured again when the store has grown or shrunk
+    measured the first time it is asked for the store's current models (3-6 s for
+    1,000 files on 2 cores) and kept in SAVED_FILE; measured again when the store has grown or shrunk
     RESIZE_FACTOR times since. Where it cannot be measured (too few readable files, no limit
     reaching the precision) the bench's default stands in, and the reason is kept too, so a store
     is not measured again on every call; unreadable files are not kept as a reason (the folder may

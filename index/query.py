@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from hashae.decode import decode_image
+from hashae.decode import decode_image, image_pixels
 from hashae.errors import HashaeError
 from hashae.index.backends.base import Hit, ReadView, StoreBackend
 from hashae.index.encoder import EncoderStage
@@ -85,6 +86,13 @@ class QueryEngine:
     def decode(self, source: Path | bytes) -> np.ndarray:
         """An image file or its bytes as the models' input float32 (C, H, W); DataError when unusable."""
         return decode_image(source, size=self.settings.image_size, channels=self.settings.channels)
+
+    def decode_altered(self, altered: Image.Image | bytes) -> np.ndarray:
+        """An altered copy (index/copies.alter: an image in memory, or a file's bytes) as the
+        models' input float32 (C, H, W), as decode gives it from the copy's file."""
+        if isinstance(altered, bytes):
+            return self.decode(altered)
+        return image_pixels(altered, size=self.settings.image_size, channels=self.settings.channels)
 
     def encode(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Packed codes uint8 (n, bits/8) and latents float32 (n, d) of decoded images (n, C, H, W)."""

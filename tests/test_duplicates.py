@@ -350,6 +350,22 @@ def test_transforms_give_decodable_files_of_the_expected_sizes():
     assert all(size == (28, 28) for name, size in sizes.items() if name not in ("resize x0.5", "crop 10%", "pad 10%"))
 
 
+@pytest.mark.parametrize("mode, size", [("L", 28), ("RGB", 32)])
+def test_altered_images_decode_to_the_pixels_of_their_files(mode, size):
+    from types import SimpleNamespace
+
+    from hashae.decode import decode_image
+    from hashae.index.copies import alter
+    from hashae.index.query import QueryEngine
+
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 36) + ((3,) if mode == "RGB" else ())).astype(np.uint8), mode) for _ in range(3)]
+    engine = QueryEngine(SimpleNamespace(settings=SimpleNamespace(image_size=size, channels=len(mode))), encoder=None)
+    for name in TRANSFORMS:  # the calibration skips writing and reading the lossless copies: same pixels
+        for altered, data in zip(alter(images, name, seed=3), make_copies(images, name, seed=3)):
+            np.testing.assert_array_equal(engine.decode_altered(altered), decode_image(data, size=size, channels=len(mode)))
+
+
 def test_scorer_counts_ties_against_and_calibrate_matches_brute_force():
     rng = np.random.default_rng(0)
     n_queries, n_db = 40, 300
