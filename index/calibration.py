@@ -133,13 +133,17 @@ def calibrate_threshold(
             pixels = np.stack([engine.decode_altered(copy) for copy in alter(images, transform, seed=seed)])
             codes, latents = engine.encode(pixels)
             balls = view.range_hamming(codes, radius=radius)
-            for original, latent, ball in zip(originals, latents, balls):
-                distances = ((view.latents_of(ball.ids) - latent) ** 2).sum(1)  # (n,) squared L2
-                same = content.same_as(original, ball.ids)
-                right.append(distances[same].min() if same.any() else np.inf)
-                wrong.append(distances[~same])
+            members = np.concatenate([ball.ids for ball in balls])  # every copy's ball, one after the other
+            copy_of = np.repeat(np.arange(len(balls)), [len(ball.ids) for ball in balls])  # (m,) whose ball
+            stored = view.latents_of(members) if len(members) else np.empty((0, latents.shape[1]), np.float32)
+            distances = ((stored - latents[copy_of]) ** 2).sum(1)  # (m,) squared L2
+            same = content.unit_of(members) == content.unit_of(np.asarray(originals))[copy_of]
+            nearest_right = np.full(len(balls), np.inf)
+            np.minimum.at(nearest_right, copy_of[same], distances[same])
+            right.append(nearest_right)
+            wrong.append(distances[~same])
             progress.advance(1)
-    return _best_limit(np.array(right), np.concatenate(wrong), radius=radius, target=target, originals=len(originals))
+    return _best_limit(np.concatenate(right), np.concatenate(wrong), radius=radius, target=target, originals=len(originals))
 
 
 def duplicates_threshold(
@@ -265,10 +269,9 @@ class _ContentUnits:
         digests = [infos[i].content_hash or f"unknown {i}" for i in self.ids.tolist()]
         self.unit = np.unique(digests, return_inverse=True)[1]  # (n,) one number per content
 
-    def same_as(self, original: int, candidates: np.ndarray) -> np.ndarray:
-        """bool (len(candidates),): each candidate is the original or has its file content."""
-        unit = self.unit[np.searchsorted(self.ids, np.append(candidates, original))]
-        return unit[:-1] == unit[-1]
+    def unit_of(self, items: np.ndarray) -> np.ndarray:
+        """int (len(items),): one number per file content; equal numbers, the same content."""
+        return self.unit[np.searchsorted(self.ids, items)]
 
 
 def _readable(engine: QueryEngine, chosen: np.ndarray, infos) -> tuple[list[int], list[Image.Image]]:
