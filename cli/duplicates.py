@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 @handle_errors
 def duplicates(
     threshold: int = typer.Option(None, "--threshold", "-t", help="Hamming distance in bits within which two items are copies (default: the radius the threshold is calibrated at for precision 99.9%; the output says which).", min=0, show_default=False),
-    latent_max: float = typer.Option(None, "--latent-max", help="Also require a squared distance between VAE means at most this (default: this store's own limit, measured on first use on altered copies of its files and kept with its models; the bench's where it cannot be measured).", min=0.0, show_default=False),
+    latent_max: float = typer.Option(None, "--latent-max", help="Also require a squared distance between VAE means at most this (default: this store's own limit, measured on altered copies of its files when its models were trained and kept with them; the bench's where it cannot be measured).", min=0.0, show_default=False),
     codes_only: bool = typer.Option(False, "--codes-only", help="Group by Hamming distance alone, without the latent confirmation (looser: look-alikes join)."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Measure the latent limit for --precision (99.9% by default) on altered copies (JPEG, resize, blur, noise, shift, crop, rotation, ...) of this store's own files again now (seconds: 3-6 s for 1,000 files); at the default radius, sample and precision it is kept as the store's default."),
     # 1000: index/calibration.DEFAULT_SAMPLE, not imported here (commands import their modules when run)

@@ -61,7 +61,7 @@ def _duplicates_threshold(root: Path, document: dict) -> dict | None:
 
 def _describe_threshold(kept: dict | None) -> str:
     if kept is None:
-        return "threshold not measured yet (the first `hashae duplicates` measures it on altered copies of the store's files)"
+        return "threshold not measured for these models and this store size (the next `hashae duplicates` measures it on altered copies of the store's files)"
     limit = f"Hamming <= {kept['threshold']['radius']}, latent <= {kept['threshold']['latent_max']:.4g}"
     if kept["threshold_source"] == "store":
         c = kept["calibration"]

@@ -13,7 +13,8 @@ the item is the copy's original or has the same file content.
     find_duplicate_groups(view, threshold=calibration.threshold)
 
 What `hashae duplicates`, Store.duplicates and the page use by default is the store's own
-calibration (store_threshold): measured on first use for the store's current models, kept in
+calibration (store_threshold): measured at the end of the `hashae index` run that trained the
+store's current models (index/pipeline.py), or by the first call that finds none, kept in
 SAVED_FILE beside the VAE's checkpoint (a new pair of models has its own folder, so a retrain
 measures again), and measured again when the store has grown or shrunk RESIZE_FACTOR times. Why not
 the bench's threshold everywhere: a model trained on other images puts copies at other latent

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from hashae.decode import ImageDecodeError
-from hashae.errors import CheckpointError, ConfigError, DataError
-from hashae.events import Reporter, task
+from hashae.errors import CheckpointError, ConfigError, DataError, HashaeError
+from hashae.events import Reporter, message, task
 from hashae.folders import ImageFile, Listing, scan_folder
 from hashae.index.backends import open_store
 from hashae.index.backends.base import LiveItem, ModelPair, NewItem, StoreBackend, StoreError, WriteTransaction
@@ -161,8 +161,29 @@ def index_folder(store_path: Path, root: Path, options: IndexOptions, *, report:
         start_worker_server()  # its imports overlap the plan (and the training, if any)
     with open_store(store_path, create=True, backend=options.backend, backend_uri=options.backend_uri) as store, store.writer() as writer:
         _Run(store, writer, listing, options, report, summary, timer).run()
+    if summary.trained and summary.committed:
+        with timer("duplicates threshold"):
+            _measure_duplicates_threshold(store_path, options, report)
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
+
+
+def _measure_duplicates_threshold(store_path: Path, options: IndexOptions, report: Reporter | None) -> None:
+    """New models: measure the store's own duplicates threshold now (index/calibration.store_threshold,
+    seconds), so that the first `hashae duplicates` only looks groups up. After the commit and out of
+    the write lock: the items are safe whatever happens here, and a failure only leaves the
+    measurement to the first duplicates call."""
+    from hashae.index.calibration import store_threshold
+    from hashae.index.query import QueryEngine
+
+    try:
+        with open_store(store_path, backend=options.backend, backend_uri=options.backend_uri) as store:
+            chosen = store_threshold(QueryEngine.open(store), report=report)
+    except (HashaeError, OSError) as error:
+        message(report, f"the duplicates threshold was not measured ({error}); `hashae duplicates` will measure it")
+        return
+    limit = chosen.threshold
+    message(report, f"duplicates threshold: Hamming <= {limit.radius}, latent <= {limit.latent_max:.4g} ({'measured on this store' if chosen.source == 'store' else chosen.note})")
 
 
 @dataclass(frozen=True)

@@ -268,10 +268,20 @@ def counting_decode_into(data, out):
     return decode_into(data, out)
 
 reader.decode_into = counting_decode_into
+import hashae.index.pipeline as pipeline
+
+indexing = {}  # the opens of the index run itself, before the duplicates threshold is measured
+measure = pipeline._measure_duplicates_threshold
+
+def note_then_measure(*args, **kwargs):
+    indexing.update(opened)
+    return measure(*args, **kwargs)
+
+pipeline._measure_duplicates_threshold = note_then_measure
 from hashae.cli.main import app
 
 app(["index", folder, "--store", store, "--epochs", "1", "--device", "cpu", "-q", "--json", "--executor", "sequential"], standalone_mode=False)
-print(json.dumps({"opened": opened, "decoded": decoded}))
+print(json.dumps({"opened": indexing, "decoded": decoded, "all_opened": opened}))
 """
 
 
@@ -290,6 +300,9 @@ def test_a_first_run_reads_and_decodes_each_file_once(tmp_path):
     assert counts["opened"] == {path: 1 for path in files}
     contents = Counter(hashlib.blake2b((folder / path).read_bytes(), digest_size=16).hexdigest() for path in files)
     assert counts["decoded"] == dict(contents)
+    # then the duplicates threshold is measured on altered copies of (here) every indexed file: one more read each
+    assert counts["all_opened"] == {path: 2 if path not in bad else 1 for path in files}
+    assert "duplicates threshold" in summary["stages"] and len(list((tmp_path / "store").glob("models/latent-*/duplicates-calibration.json"))) == 1
 
 
 # ---------------------------------------------------------------- what a folder can hold (issue 14)

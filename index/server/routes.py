@@ -153,7 +153,7 @@ def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> 
     )
     def duplicates(
         radius: int | None = Query(None, ge=0, description="Hamming distance in bits within which two items are copies (default: the threshold calibrated for precision 99.9%)."),
-        latent_max: float | None = Query(None, ge=0, description="Also require a squared distance between VAE means at most this (default: the store's own limit, measured on the first such request on altered copies of its files and kept with its models; threshold_source says which)."),
+        latent_max: float | None = Query(None, ge=0, description="Also require a squared distance between VAE means at most this (default: the store's own limit, measured on altered copies of its files when its models were trained and kept with them; threshold_source says which)."),
         codes_only: bool = Query(False, description="Group by Hamming distance alone, without the latent check (looser: look-alikes join)."),
         limit: int = Query(DEFAULT_GROUPS, ge=1, le=MAX_GROUPS, description="At most this many groups, earliest anchor first."),
         members: int = Query(DEFAULT_MEMBERS, ge=1, le=MAX_MEMBERS, description="At most this many members of a group: its anchor, then the nearest."),
