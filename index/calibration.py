@@ -122,6 +122,8 @@ def calibrate_threshold(
     radius = check_threshold(Threshold(default_threshold(view.settings.bits).radius if radius is None else radius, None), bits=view.settings.bits).radius
     ids = view.item_ids()
     infos = view.items(ids.tolist())
+    if len(ids) < MIN_ORIGINALS:
+        raise CalibrationError(f"the store holds {len(ids)} items; measuring a threshold needs at least {MIN_ORIGINALS}")
     chosen = np.sort(np.random.default_rng(seed).choice(ids, size=min(sample, len(ids)), replace=False))
     originals, images = _readable(engine, chosen, infos)
     if len(originals) < MIN_ORIGINALS:

@@ -312,6 +312,10 @@ def test_a_store_measures_its_own_threshold_once_and_keeps_it_with_its_models(du
         kept.unlink()
         gone = module.store_threshold(engine)
         assert gone.source == "bench" and "could be read" in gone.note and not kept.exists()
+        # too small a store is a reason that is kept
+        monkeypatch.setattr(module, "MIN_ORIGINALS", engine.view.n_items + 1)
+        small = module.store_threshold(engine)
+        assert small.source == "bench" and f"holds {engine.view.n_items} items" in small.note and kept.exists()
         kept.unlink(missing_ok=True)
 
 
