@@ -250,8 +250,8 @@ class Store:
         radius: the Hamming distance in bits within which two items are copies (default: the radius
         the threshold is calibrated at, for this store's code length).
         latent_max: also require a squared L2 distance between VAE means at most this (default: this
-        store's own limit, measured on altered copies of its files when its models were trained, kept with its
-        models, index/calibration.store_threshold; the bench's where it cannot be measured).
+        store's own limit, measured on altered copies of its files when its models were trained and
+        kept with them, index/calibration.store_threshold; the bench's where it cannot be measured).
         codes_only: group by the codes alone, without the latent check (looser: look-alikes join).
         Each group is anchored on its earliest file: group.anchor is members[0], then the other
         members nearest first, each with id, path, hamming and latent (its distances to the anchor)

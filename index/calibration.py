@@ -171,9 +171,9 @@ def duplicates_threshold(
 
 def store_threshold(engine: QueryEngine, *, report: Reporter | None = None) -> ChosenThreshold:
     """The store's own threshold: calibrate_threshold at the defaults (radius, sample, precision),
-    measured the first time it is asked for the store's current models (3-6 s for
-    1,000 files on 2 cores) and kept in SAVED_FILE; measured again when the store has grown or shrunk
-    RESIZE_FACTOR times since. Where it cannot be measured (too few readable files, no limit
+    measured the first time it is asked for the store's current models (the `hashae index` run that
+    trained them asks; 3-6 s for 1,000 files on 2 cores) and kept in SAVED_FILE; measured again when
+    the store has grown or shrunk RESIZE_FACTOR times since. Where it cannot be measured (too few readable files, no limit
     reaching the precision) the bench's default stands in, and the reason is kept too, so a store
     is not measured again on every call; unreadable files are not kept as a reason (the folder may
     be back next time). A store that cannot be written to is measured each time."""
