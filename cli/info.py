@@ -56,7 +56,7 @@ def _duplicates_threshold(root: Path, document: dict) -> dict | None:
 
     models = document["models"]
     kept = kept_threshold(Path(root) / models["latent"]["dir"], model_ids=(models["hashing"]["id"], models["latent"]["id"]), items=document["items"], bits=document["bits"])
-    return None if kept is None else {"threshold": kept.threshold.as_dict(), **kept.as_dict()}
+    return None if kept is None else kept.as_dict()
 
 
 def _describe_threshold(kept: dict | None) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 from hashae.errors import DataError
 from hashae.index.backends.base import ItemInfo, StoreBackend
 from hashae.index.calibration import DEFAULT_SAMPLE, TARGET_PRECISION, Calibration, duplicates_threshold, measure_threshold
-from hashae.index.duplicates import DuplicateGroup, DuplicateMember, DuplicatesError, find_duplicate_groups
+from hashae.index.duplicates import DuplicateGroup, DuplicateMember, find_duplicate_groups
 from hashae.index.query import DEFAULT_K, Answer, QueryEngine, QueryError
 from hashae.index.settings import StoreSettings
 from hashae.inference import InferenceEncoder
@@ -259,8 +259,6 @@ class Store:
         one are left out; groups come earliest anchor first. Raises DuplicatesError for a radius
         outside 0..bits, a negative latent_max, or latent_max with codes_only.
         """
-        if codes_only and latent_max is not None:
-            raise DuplicatesError("give either codes_only or latent_max, not both")
         chosen = duplicates_threshold(self._engine, radius=radius, latent_max=latent_max, codes_only=codes_only)
         return find_duplicate_groups(self._engine.view, threshold=chosen.threshold)
 

@@ -42,7 +42,7 @@ from hashae.errors import DataError, HashaeError
 from hashae.events import Reporter, task
 from hashae.index.backends.base import ReadView
 from hashae.index.copies import TRANSFORMS, alter
-from hashae.index.duplicates import Threshold, asked_threshold, check_threshold, default_threshold
+from hashae.index.duplicates import DuplicatesError, Threshold, asked_threshold, check_threshold, default_threshold
 from hashae.index.query import QueryEngine
 
 TARGET_PRECISION = 0.999
@@ -96,8 +96,8 @@ class ChosenThreshold:
     note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """What a duplicates document says about its threshold (beside "threshold" itself)."""
-        document: dict[str, Any] = {"threshold_source": self.source}
+        """What a duplicates document says about its threshold: the threshold and where it came from."""
+        document: dict[str, Any] = {"threshold": self.threshold.as_dict(), "threshold_source": self.source}
         if self.calibration is not None:
             document["calibration"] = self.calibration.as_dict()
         if self.note:
@@ -130,6 +130,7 @@ def calibrate_threshold(
         raise UnreadableFilesError(f"only {len(originals)} of the {len(chosen)} sampled files could be read (at least {MIN_ORIGINALS} are needed); is the indexed folder still there?")
     transforms = [t for t in TRANSFORMS if t != "identity"]
     content = _ContentUnits(ids, infos)
+    original_units = content.unit_of(np.asarray(originals))
     right, wrong = [], []
     with task(report, "calibrating on altered copies", total=len(transforms)) as progress:
         for transform in transforms:
@@ -140,7 +141,7 @@ def calibrate_threshold(
             copy_of = np.repeat(np.arange(len(balls)), [len(ball.ids) for ball in balls])  # (m,) whose ball
             stored = view.latents_of(members) if len(members) else np.empty((0, latents.shape[1]), np.float32)
             distances = ((stored - latents[copy_of]) ** 2).sum(1)  # (m,) squared L2
-            same = content.unit_of(members) == content.unit_of(np.asarray(originals))[copy_of]
+            same = content.unit_of(members) == original_units[copy_of]
             nearest_right = np.full(len(balls), np.inf)
             np.minimum.at(nearest_right, copy_of[same], distances[same])
             right.append(nearest_right)
@@ -160,7 +161,9 @@ def duplicates_threshold(
     """The threshold of a duplicates search as asked: the caller's latent limit (or none, codes_only)
     when given; at the default radius, the store's own calibration (store_threshold); at another
     radius, the bench's latent limit (the store's was measured at the default radius). Raises
-    DuplicatesError for a radius or limit that cannot apply."""
+    DuplicatesError for a radius or limit that cannot apply, or a limit with codes_only."""
+    if codes_only and latent_max is not None:
+        raise DuplicatesError("give either codes_only or latent_max, not both")
     bits = engine.settings.bits
     if codes_only or latent_max is not None:
         return ChosenThreshold(asked_threshold(bits, radius=radius, latent_max=latent_max, codes_only=codes_only), "asked")
@@ -181,8 +184,8 @@ def store_threshold(engine: QueryEngine, *, report: Reporter | None = None) -> C
     with _measuring:
         record = _kept_record(view)
         if record is None:
-            record = _measured_record(engine, report)
-            if not record.get("unreadable"):
+            record, worth_keeping = _measured_record(engine, report)
+            if worth_keeping:
                 _keep(view, record)
     return _chosen(record, view.settings.bits)
 
@@ -227,12 +230,13 @@ def _record_head(view: ReadView) -> dict[str, Any]:
     }
 
 
-def _measured_record(engine: QueryEngine, report: Reporter | None) -> dict[str, Any]:
+def _measured_record(engine: QueryEngine, report: Reporter | None) -> tuple[dict[str, Any], bool]:
+    """A measurement as a record, and whether it is worth keeping (not when files could not be read)."""
     head = _record_head(engine.view)
     try:
-        return {**head, "calibration": calibrate_threshold(engine, report=report).as_dict()}
+        return {**head, "calibration": calibrate_threshold(engine, report=report).as_dict()}, True
     except CalibrationError as error:
-        return {**head, "error": str(error), "unreadable": isinstance(error, UnreadableFilesError)}
+        return {**head, "error": str(error)}, not isinstance(error, UnreadableFilesError)
 
 
 def _saved_path(view: ReadView) -> Path:
@@ -256,8 +260,8 @@ def _record_at(path: Path, model_ids: tuple[int, int], items: int) -> dict[str, 
     try:
         record = json.loads(path.read_text())
         same_models = (record["hashing_model"], record["latent_model"]) == tuple(model_ids)
-        items = max(items, 1)
-        similar_size = max(items, record["items"]) < RESIZE_FACTOR * max(min(items, record["items"]), 1)
+        items, measured_on = max(items, 1), max(record["items"], 1)
+        similar_size = max(items, measured_on) < RESIZE_FACTOR * min(items, measured_on)
         usable = "error" in record or Calibration.from_dict(record["calibration"]).threshold.latent_max is not None
     except (OSError, ValueError, KeyError, TypeError):
         return None

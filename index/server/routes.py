@@ -158,9 +158,6 @@ def add_routes(app: FastAPI, holder: EngineHolder, settings: ServerSettings) -> 
         limit: int = Query(DEFAULT_GROUPS, ge=1, le=MAX_GROUPS, description="At most this many groups, earliest anchor first."),
         members: int = Query(DEFAULT_MEMBERS, ge=1, le=MAX_MEMBERS, description="At most this many members of a group: its anchor, then the nearest."),
     ) -> dict[str, Any]:
-        if codes_only and latent_max is not None:
-            raise HTTPException(status_code=400, detail="give either codes_only or latent_max, not both")
-
         def work(served: Served) -> dict[str, Any]:
             try:
                 chosen = duplicates_threshold(served.engine, radius=radius, latent_max=latent_max, codes_only=codes_only)
